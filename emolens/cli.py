@@ -1,0 +1,157 @@
+"""Command line: ``emolens fit | score | run | corpus``.
+
+Every command takes ``--model`` (a packaged model name, default gemma-3-270m) and
+``--device``; errors print one line naming the fix and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from emolens.models import DEFAULT_MODEL
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from emolens.fit import fit_emotion_vectors
+    from emolens.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    started = time.perf_counter()
+    vectors = fit_emotion_vectors(
+        model, layers="all", method=args.method, denoise_variance=args.denoise_variance, window_start=args.window
+    )
+    vectors.metadata["fit_seconds"] = round(time.perf_counter() - started, 1)
+    path = vectors.save(Path(args.out) / "vectors.safetensors")
+    print(f"wrote {path} and {path.with_suffix('.json').name} ({vectors.metadata['fit_seconds']} s)")
+    return 0
+
+
+def _read_inputs(path: Path) -> list[str]:
+    if path.suffix == ".jsonl":
+        from emolens.corpus import read_jsonl
+
+        return [str(row["text"]) for row in read_jsonl(path)]
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{path} has no text; put one text per line (.txt) or {{'text': ...}} per line (.jsonl)")
+    return texts
+
+
+def _score(args: argparse.Namespace) -> int:
+    from emolens.models import load_model
+    from emolens.vectors import EmotionVectors
+
+    vectors = EmotionVectors.load(args.vectors)
+    model = load_model(args.model, device=args.device)
+    texts = _read_inputs(Path(args.input))
+    scores = vectors.score(model, texts, layer=args.layer)
+    layer = vectors.default_layer if args.layer is None else args.layer
+    if args.json:
+        rows = [
+            {"text": text, "layer": layer, "scores": {e: round(float(v), 4) for e, v in zip(vectors.emotions, row)}}
+            for text, row in zip(texts, scores, strict=True)
+        ]
+        print(json.dumps(rows, indent=1))
+        return 0
+    for text, row in zip(texts, scores, strict=True):
+        top = row.topk(min(args.top, len(vectors.emotions)))
+        tops = ", ".join(f"{vectors.emotions[int(i)]} {float(v):+.3f}" for v, i in zip(top.values, top.indices))
+        print(f"layer {layer} {text[:60]!r}: {tops}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from emolens.pipeline import run_all
+
+    run_all(args.model, Path(args.out), device=args.device)
+    return 0
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from emolens.corpus import validate_corpus
+
+    if args.corpus_command == "validate":
+        for path in args.files:
+            rows = validate_corpus(path, all_emotions=not args.partial)
+            print(f"{path}: OK ({len(rows)} rows)")
+        return 0
+    from emolens.corpus_generate import generate_stories
+    from emolens.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    rows = generate_stories(model, args.emotions, per_topic=args.per_topic, n_topics=args.topics, seed=args.seed)
+    out = generate_stories_output(args.out, rows)
+    print(f"wrote {len(rows)} stories to {out}")
+    return 0
+
+
+def generate_stories_output(path: str, rows: list[dict[str, object]]) -> Path:
+    from emolens.corpus_generate import write_jsonl
+
+    return write_jsonl(Path(path), rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emolens", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default=DEFAULT_MODEL, help="packaged model name (default %(default)s)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+
+    fit = sub.add_parser("fit", help="fit emotion vectors at every layer on the packaged corpus")
+    common(fit)
+    fit.add_argument("--out", required=True, help="directory for vectors.safetensors + vectors.json")
+    fit.add_argument("--method", default="mean_diff", choices=["mean_diff", "mean_diff_raw", "probe"])
+    fit.add_argument("--denoise-variance", type=float, default=0.5)
+    fit.add_argument("--window", type=int, default=50, help="first token position averaged (default 50)")
+    fit.set_defaults(handler=_fit)
+
+    score = sub.add_parser("score", help="score texts on every emotion at one layer")
+    common(score)
+    score.add_argument("--vectors", required=True)
+    score.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl with a 'text' field")
+    score.add_argument("--layer", type=int, default=None)
+    score.add_argument("--top", type=int, default=5)
+    score.add_argument("--json", action="store_true", help="print every score as JSON")
+    score.set_defaults(handler=_score)
+
+    run = sub.add_parser("run", help="the main job: fit, validate, experiments and the HTML report")
+    common(run)
+    run.add_argument("--out", required=True)
+    run.set_defaults(handler=_run)
+
+    corpus = sub.add_parser("corpus", help="validate or generate corpus files")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    validate = corpus_sub.add_parser("validate", help="validate story or neutral JSONL files")
+    validate.add_argument("files", nargs="+")
+    validate.add_argument("--partial", action="store_true", help="do not require all 171 emotions")
+    validate.set_defaults(handler=_corpus)
+    generate = corpus_sub.add_parser("generate", help="write stories with a chat model, then validate them")
+    common(generate)
+    generate.add_argument("--emotions", nargs="+", required=True)
+    generate.add_argument("--per-topic", type=int, default=1)
+    generate.add_argument("--topics", type=int, default=12, help="how many topics per emotion")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", required=True)
+    generate.set_defaults(handler=_corpus)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"emolens: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
