@@ -53,14 +53,20 @@ def _score(args: argparse.Namespace) -> int:
     layer = vectors.default_layer if args.layer is None else args.layer
     if args.json:
         rows = [
-            {"text": text, "layer": layer, "scores": {e: round(float(v), 4) for e, v in zip(vectors.emotions, row)}}
+            {
+                "text": text,
+                "layer": layer,
+                "scores": {e: round(float(v), 4) for e, v in zip(vectors.emotions, row, strict=True)},
+            }
             for text, row in zip(texts, scores, strict=True)
         ]
         print(json.dumps(rows, indent=1))
         return 0
     for text, row in zip(texts, scores, strict=True):
         top = row.topk(min(args.top, len(vectors.emotions)))
-        tops = ", ".join(f"{vectors.emotions[int(i)]} {float(v):+.3f}" for v, i in zip(top.values, top.indices))
+        tops = ", ".join(
+            f"{vectors.emotions[int(i)]} {float(v):+.3f}" for v, i in zip(top.values, top.indices, strict=True)
+        )
         print(f"layer {layer} {text[:60]!r}: {tops}")
     return 0
 
