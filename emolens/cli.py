@@ -86,20 +86,18 @@ def _corpus(args: argparse.Namespace) -> int:
             rows = validate_corpus(path, all_emotions=not args.partial)
             print(f"{path}: OK ({len(rows)} rows)")
         return 0
-    from emolens.corpus_generate import generate_stories
+    from emolens.corpus_generate import generate_stories, write_jsonl
     from emolens.models import load_model
 
     model = load_model(args.model, device=args.device)
-    rows = generate_stories(model, args.emotions, per_topic=args.per_topic, n_topics=args.topics, seed=args.seed)
-    out = generate_stories_output(args.out, rows)
-    print(f"wrote {len(rows)} stories to {out}")
+    result = generate_stories(model, args.emotions, n_topics=args.topics, per_topic=args.per_topic, seed=args.seed)
+    out = write_jsonl(Path(args.out), result.accepted)
+    rejected = write_jsonl(out.with_suffix(".rejected.jsonl"), result.rejected)
+    print(f"wrote {len(result.accepted)} accepted stories to {out}, {len(result.rejected)} rejected to {rejected}")
+    if result.accepted:
+        validate_corpus(out, all_emotions=False, min_per_emotion=0, min_validation=0)
+        print(f"{out}: passes the corpus validator")
     return 0
-
-
-def generate_stories_output(path: str, rows: list[dict[str, object]]) -> Path:
-    from emolens.corpus_generate import write_jsonl
-
-    return write_jsonl(Path(path), rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

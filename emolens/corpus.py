@@ -116,34 +116,40 @@ def validate_corpus(
     return rows
 
 
+def story_row_problems(row: dict[str, Any]) -> list[str]:
+    """What is wrong with one story row (schema, length, paragraph, labels, forbidden words)."""
+    missing = [f for f in STORY_FIELDS if f not in row]
+    if missing:
+        return [f"missing field(s) {', '.join(missing)}"]
+    emotion, text = row["emotion"], str(row["text"])
+    if emotion not in emotions():
+        return [f"unknown emotion {emotion!r}"]
+    problems = []
+    words = len(text.split())
+    if not STORY_WORDS[0] <= words <= STORY_WORDS[1]:
+        problems.append(f"{words} words; stories need {STORY_WORDS[0]}-{STORY_WORDS[1]}")
+    if "\n" in text:
+        problems.append("a story is one paragraph (no newlines)")
+    if row["person"] not in ("first", "third") or row["split"] not in ("train", "validation"):
+        problems.append("person must be first|third and split train|validation")
+    lowered = text.lower()
+    for pattern in forbidden_patterns()[emotion]:
+        if match := pattern.search(lowered):
+            problems.append(f"names its emotion {emotion!r} with {match.group(0)!r}")
+    return problems
+
+
 def _story_problems(
     rows: list[dict[str, Any]], min_per_emotion: int, min_validation: int, all_emotions: bool
 ) -> list[str]:
     known = set(emotions())
-    patterns = forbidden_patterns()
     problems: list[str] = []
     by_emotion: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for number, row in enumerate(rows, 1):
-        missing = [f for f in STORY_FIELDS if f not in row]
-        if missing:
-            problems.append(f"line {number}: missing field(s) {', '.join(missing)}")
-            continue
-        emotion, text = row["emotion"], str(row["text"])
-        if emotion not in known:
-            problems.append(f"line {number}: unknown emotion {emotion!r}")
-            continue
-        by_emotion[emotion].append(row)
-        words = len(text.split())
-        if not STORY_WORDS[0] <= words <= STORY_WORDS[1]:
-            problems.append(f"line {number}: {words} words; stories need {STORY_WORDS[0]}-{STORY_WORDS[1]}")
-        if "\n" in text:
-            problems.append(f"line {number}: a story is one paragraph (no newlines)")
-        if row["person"] not in ("first", "third") or row["split"] not in ("train", "validation"):
-            problems.append(f"line {number}: person must be first|third and split train|validation")
-        lowered = text.lower()
-        for pattern in patterns[emotion]:
-            if match := pattern.search(lowered):
-                problems.append(f"line {number}: names its emotion {emotion!r} with {match.group(0)!r}")
+        row_problems = story_row_problems(row)
+        problems += [f"line {number}: {problem}" for problem in row_problems]
+        if row.get("emotion") in known and not any(p.startswith("missing") for p in row_problems):
+            by_emotion[row["emotion"]].append(row)
     for emotion, group in by_emotion.items():
         topics_used = Counter(row["topic_id"] for row in group)
         repeated = sorted(t for t, c in topics_used.items() if c > 1)
