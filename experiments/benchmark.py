@@ -1,0 +1,176 @@
+"""Benchmarks: model load time, extraction throughput against plain transformers, peak memory of a fit.
+
+``python -m experiments.benchmark [load|throughput|memory|all] [--models ...]`` prints
+markdown tables and writes ``runs/bench/NAME.json``. Each load is timed in a fresh
+process (import time reported separately); cold loads use an empty cache directory.
+Throughput is a ratio against the plain transformers forward of the same model without
+the LM head, on the same batches, in the same process. Memory is the peak RSS of a fit
+subprocess on N and on 4N stories, so streaming shows as equal peaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PACKAGED = ["gemma-3-270m", "smollm2-135m-instruct"]
+OUT = Path("runs/bench")
+
+_LOAD_PROBE = """
+import json, time
+t0 = time.perf_counter()
+from emolens.models import load_model
+t1 = time.perf_counter()
+load_model({name!r}, device="cpu")
+t2 = time.perf_counter()
+print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1}}))
+"""
+
+_FIT_PROBE = """
+import json, resource
+from emolens.corpus import load_neutral, load_stories
+from emolens.fit import fit_emotion_vectors
+from emolens.models import load_model
+model = load_model({name!r}, device="cpu")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stories = load_stories(split="train")[: {n_stories}]
+emotions = sorted({{s.emotion for s in stories}})
+fit_emotion_vectors(model, stories=stories, neutral=load_neutral()[:40], emotions=emotions)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"after_load_mib": base / 1024, "peak_mib": peak / 1024}}))
+"""
+
+
+@dataclass
+class LoadTimes:
+    model: str
+    cold_s: float
+    warm_s: float
+    import_s: float
+    runs: int
+
+
+def _probe(code: str, env_cache: str | None = None) -> dict[str, float]:
+    import os
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if env_cache is not None:
+        env["EMOLENS_CACHE"] = env_cache
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def bench_load(name: str, runs: int = 3) -> LoadTimes:
+    """Median cold (empty cache) and warm (cached) load time in fresh processes."""
+    code = _LOAD_PROBE.format(name=name)
+    cold, warm, imports = [], [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="emolens-bench-") as cache:
+            cold.append(_probe(code, cache)["load_s"])
+            measured = _probe(code, cache)
+            warm.append(measured["load_s"])
+            imports.append(measured["import_s"])
+    return LoadTimes(name, statistics.median(cold), statistics.median(warm), statistics.median(imports), runs)
+
+
+@dataclass
+class Throughput:
+    model: str
+    texts: int
+    tokens: int
+    emolens_tokens_per_s: float
+    hf_tokens_per_s: float
+    ratio: float
+
+
+def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> Throughput:
+    """All-layer extraction (emolens) vs ``hf_model.model(...)`` (no LM head) on the same batches."""
+    import torch
+
+    from emolens.corpus import load_stories
+    from emolens.extract import batches, masked_means, stream_resid
+    from emolens.models import load_hf_model, load_model
+
+    model = load_model(name, device="cpu")
+    hf_model, _ = load_hf_model(name)
+    texts = [s.text for s in load_stories(split="train")[:n_texts]]
+    planned, _ = batches(model, texts)
+    n_tokens = sum(b.tokens.numel() for b in planned)  # padded positions: both sides compute them
+
+    def ours() -> None:
+        for batch, resid in stream_resid(model, texts):
+            masked_means(resid, batch.window)
+
+    def theirs() -> None:
+        with torch.inference_mode():
+            for batch in planned:
+                hf_model.model(input_ids=batch.tokens)  # right padding: causal attention needs no mask
+
+    timings: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        for label, run in (("ours", ours), ("theirs", theirs)):
+            started = time.perf_counter()
+            run()
+            timings[label].append(time.perf_counter() - started)
+    ours_s, theirs_s = min(timings["ours"]), min(timings["theirs"])
+    return Throughput(name, n_texts, n_tokens, n_tokens / ours_s, n_tokens / theirs_s, theirs_s / ours_s)
+
+
+@dataclass
+class Memory:
+    model: str
+    stories: int
+    after_load_mib: float
+    peak_mib: float
+
+
+def bench_memory(name: str, n_stories: int = 120) -> list[Memory]:
+    """Peak RSS of fitting on ``n_stories`` and on 4x as many (fresh process each)."""
+    out = []
+    for n in (n_stories, 4 * n_stories):
+        measured = _probe(_FIT_PROBE.format(name=name, n_stories=n))
+        out.append(Memory(name, n, round(measured["after_load_mib"]), round(measured["peak_mib"])))
+    return out
+
+
+def _table(rows: list[object]) -> str:
+    dicts = [asdict(r) for r in rows]  # type: ignore[call-overload]
+    header = "| " + " | ".join(dicts[0]) + " |\n|" + "---|" * len(dicts[0]) + "\n"
+    body = "".join(
+        "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in d.values()) + " |\n" for d in dicts
+    )
+    return header + body
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("what", nargs="?", default="all", choices=["load", "throughput", "memory", "all"])
+    parser.add_argument("--models", nargs="+", default=PACKAGED)
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    benches: dict[str, Callable[[str], object]] = {
+        "load": bench_load,
+        "throughput": bench_throughput,
+        "memory": bench_memory,
+    }
+    for what, bench in benches.items():
+        if args.what not in (what, "all"):
+            continue
+        rows: list[object] = []
+        for name in args.models:
+            result = bench(name)
+            rows.extend(result if isinstance(result, list) else [result])
+        (OUT / f"{what}.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))  # type: ignore[call-overload]
+        print(f"\n## {what}\n\n{_table(rows)}")
+
+
+if __name__ == "__main__":
+    main()
