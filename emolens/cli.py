@@ -90,7 +90,14 @@ def _corpus(args: argparse.Namespace) -> int:
     from emolens.models import load_model
 
     model = load_model(args.model, device=args.device)
-    result = generate_stories(model, args.emotions, n_topics=args.topics, per_topic=args.per_topic, seed=args.seed)
+    result = generate_stories(
+        model,
+        args.emotions,
+        n_topics=args.topics,
+        per_topic=args.per_topic,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     out = write_jsonl(Path(args.out), result.accepted)
     rejected = write_jsonl(out.with_suffix(".rejected.jsonl"), result.rejected)
     print(f"wrote {len(result.accepted)} accepted stories to {out}, {len(result.rejected)} rejected to {rejected}")
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--per-topic", type=int, default=1)
     generate.add_argument("--topics", type=int, default=12, help="how many topics per emotion")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--max-new-tokens", type=int, default=220)
     generate.add_argument("--out", required=True)
     generate.set_defaults(handler=_corpus)
     return parser

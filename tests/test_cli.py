@@ -32,7 +32,7 @@ def test_generate_end_to_end_with_tiny_model(
 
     monkeypatch.setattr(models, "load_model", lambda name, device=None: tiny_model)
     out = tmp_path / "gen.jsonl"
-    argv = ["corpus", "generate", "--emotions", "calm", "--topics", "2", "--out", str(out)]
+    argv = ["corpus", "generate", "--emotions", "calm", "--topics", "2", "--max-new-tokens", "16", "--out", str(out)]
     assert cli.main(argv) == 0
     rejected = [json.loads(line) for line in out.with_suffix(".rejected.jsonl").read_text().splitlines()]
     assert out.exists() and len(rejected) + len(out.read_text().splitlines()) == 2
