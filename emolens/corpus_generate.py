@@ -11,9 +11,7 @@ are rejected.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from transformer_lens import HookedTransformer
 
 from emolens.concepts import check_emotion
 from emolens.corpus import story_row_problems, topics
+from emolens.files import atomic_write_text
 from emolens.models import chat_prompt
 
 PROMPT = (
@@ -98,10 +97,4 @@ def _assign_validation(rows: list[dict[str, Any]]) -> None:
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write rows as JSON lines atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from emolens.files import atomic_write_text
 from emolens.fit import fit_emotion_vectors
 from emolens.models import load_model
 from emolens.report.page import Page
@@ -43,8 +44,7 @@ def run_all(model_name: str, out: Path, device: str | None = None) -> Path:
     print(f"model check (greedy): {sample!r}")
     validation = validate(vectors, model)  # type: ignore[arg-type]
     results = out / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "validation.json").write_text(json.dumps(validation.to_dict(), indent=1))
+    atomic_write_text(results / "validation.json", json.dumps(validation.to_dict(), indent=1))
     page = Page(f"emolens report: {model_name}")
     validation_section(page, validation, vectors)
     report = page.write(out / "report" / "index.html")

@@ -10,8 +10,6 @@ its files (``.safetensors`` tensors + ``.json`` sidecar, written atomically).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from transformer_lens import HookedTransformer
 
 from emolens.concepts import check_emotion
 from emolens.extract import DEFAULT_WINDOW_START, batches, resid_hook, text_means
+from emolens.files import atomic_write, atomic_write_text
 from emolens.models import model_identity
 
 FORMAT_VERSION = 1
@@ -135,8 +134,8 @@ class EmotionVectors:
             "default_layer": self.default_layer,
             "metadata": self.metadata,
         }
-        _atomic_write(target, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp))
-        _atomic_write(target.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=1)))
+        atomic_write(target, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp))
+        atomic_write_text(target.with_suffix(".json"), json.dumps(sidecar, indent=1))
         return target
 
     @classmethod
@@ -167,17 +166,6 @@ class EmotionVectors:
 def default_layer_for(n_layers: int) -> int:
     """The study's rule: the block about two-thirds of the way through the model."""
     return max(0, round(2 * n_layers / 3) - 1)
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 __all__ = ["DEFAULT_WINDOW_START", "EmotionVectors", "default_layer_for"]
