@@ -78,7 +78,7 @@ def emotion_means(inputs: FitInputs) -> Float[Tensor, "layer emotion d_model"]:
 
 def neutral_subspace(
     covariance: Float[Tensor, "layer d_model d_model"], variance_fraction: float
-) -> list[Float[Tensor, "d_model k"]]:
+) -> list[Float[Tensor, "d_model _k"]]:
     """Per layer, the top principal axes explaining ``variance_fraction`` of the variance."""
     bases = []
     for layer_cov in covariance.double():
@@ -91,7 +91,7 @@ def neutral_subspace(
 
 
 def project_out(
-    vectors: Float[Tensor, "layer emotion d_model"], bases: Sequence[Float[Tensor, "d_model k"]]
+    vectors: Float[Tensor, "layer emotion d_model"], bases: Sequence[Float[Tensor, "d_model _k"]]
 ) -> Float[Tensor, "layer emotion d_model"]:
     """Remove each layer's subspace (orthonormal columns of ``bases[layer]``) from its vectors."""
     out = []
