@@ -67,6 +67,11 @@ def tokenize(model: HookedTransformer, texts: Sequence[str]) -> list[list[int]]:
     return [(bos + list(ids))[:max_len] for ids in encoded]
 
 
+def count_short(model: HookedTransformer, texts: Sequence[str], window_start: int = DEFAULT_WINDOW_START) -> int:
+    """How many texts are too short for the window and fall back to their second half."""
+    return sum(len(ids) <= window_start for ids in tokenize(model, texts))
+
+
 def window_mask(lengths: Int[Tensor, " batch"], n_pos: int, window_start: int) -> Bool[Tensor, "batch n_pos"]:
     """Positions ``window_start..length-1``; texts of ``length <= window_start`` use their second half."""
     positions = einops.rearrange(torch.arange(n_pos, device=lengths.device), "pos -> 1 pos")
@@ -80,8 +85,8 @@ def batches(
     texts: Sequence[str],
     window_start: int = DEFAULT_WINDOW_START,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
-) -> tuple[list[Batch], int]:
-    """Length-sorted, right-padded batches of at most ``token_budget`` tokens, and the fallback count."""
+) -> list[Batch]:
+    """Length-sorted, right-padded batches of at most ``token_budget`` tokens (a longer text gets its own)."""
     ids = tokenize(model, texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
@@ -98,8 +103,7 @@ def batches(
             group = []
         if index is not None:
             group.append(index)
-    fallbacks = sum(len(x) <= window_start for x in ids)
-    return out, fallbacks
+    return out
 
 
 def stream_resid(
@@ -113,7 +117,7 @@ def stream_resid(
     """Yield each batch with its residual stream at ``layers`` (float32, model device)."""
     chosen = check_layers(model, layers)
     names = {resid_hook(layer) for layer in chosen}
-    planned, _ = batches(model, texts, window_start, token_budget)
+    planned = batches(model, texts, window_start, token_budget)
     device = model.cfg.device
     with torch.inference_mode():
         for batch in tqdm(planned, desc=progress, disable=progress is None, unit="batch"):

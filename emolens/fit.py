@@ -31,6 +31,7 @@ from emolens.extract import (
     DEFAULT_WINDOW_START,
     TokenMoments,
     check_layers,
+    count_short,
     group_sums,
     resid_hook,
     text_means,
@@ -208,6 +209,10 @@ def fit_emotion_vectors(
             "denoise_variance": denoise_variance if method == "mean_diff" else None,
             "stories_per_emotion": counts,
             "neutral_tokens": moments.count,
+            "short_text_fallbacks": {
+                "stories": count_short(model, inputs.texts, window_start),
+                "neutral": count_short(model, neutral_texts, window_start),
+            },
             "default_layer_rule": "round(2 * n_layers / 3) - 1 (the study's two-thirds depth)",
             "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "emolens": importlib.metadata.version("emolens"),

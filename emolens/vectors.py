@@ -100,19 +100,20 @@ class EmotionVectors:
         model: HookedTransformer,
         texts: Sequence[str],
         layer: int | None = None,
-        window_start: int = 0,
+        window_start: int | None = None,
     ) -> Float[Tensor, "text emotion"]:
-        """Mean projection over each text's tokens (from ``window_start``; default all but none skipped)."""
+        """Mean projection over each text's own tokens: from ``window_start`` (default: after BOS)."""
         self.check_model(model)
         chosen = self.layers[self.layer_index(layer)]
-        means = text_means(model, list(texts), [chosen], window_start=window_start)
+        start = (1 if model.cfg.default_prepend_bos else 0) if window_start is None else window_start
+        means = text_means(model, list(texts), [chosen], window_start=start)
         return self.project(means[:, 0], chosen)
 
     def read(self, model: HookedTransformer, text: str, layer: int | None = None) -> Float[Tensor, "pos emotion"]:
-        """Per-token readings of ``text`` (positions as in ``model.to_str_tokens``)."""
+        """Per-token readings of ``text``, BOS included (positions as in ``model.to_str_tokens``)."""
         self.check_model(model)
         chosen = self.layers[self.layer_index(layer)]
-        (batch,), _ = batches(model, [text])
+        (batch,) = batches(model, [text])
         with torch.inference_mode():
             _, cache = model.run_with_cache(
                 batch.tokens.to(model.cfg.device),

@@ -4,8 +4,10 @@
 markdown tables and writes ``runs/bench/NAME.json``. Each load is timed in a fresh
 process (import time reported separately); cold loads use an empty cache directory.
 Throughput is a ratio against the plain transformers forward of the same model without
-the LM head, on the same batches, in the same process. Memory is the peak RSS of a fit
-subprocess on N and on 4N stories, so streaming shows as equal peaks.
+the LM head, on the same batches, in the same process. Memory is the peak RSS (Linux
+VmHWM, reset after the model is loaded) of a fit subprocess on N and on 4N stories, so
+streaming shows as equal peaks. (``ru_maxrss`` would not do: Linux keeps it across
+``execve``, so a child started by a large parent reports the parent's size.)
 """
 
 from __future__ import annotations
@@ -35,17 +37,23 @@ print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1}}))
 """
 
 _FIT_PROBE = """
-import json, resource
+import json
+from pathlib import Path
 from emolens.corpus import load_neutral, load_stories
 from emolens.fit import fit_emotion_vectors
 from emolens.models import load_model
+
+def status_mib(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) / 1024
+
 model = load_model({name!r}, device="cpu")
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after_load = status_mib("VmRSS:")
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
 stories = load_stories(split="train")[: {n_stories}]
 emotions = sorted({{s.emotion for s in stories}})
 fit_emotion_vectors(model, stories=stories, neutral=load_neutral()[:40], emotions=emotions)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"after_load_mib": base / 1024, "peak_mib": peak / 1024}}))
+print(json.dumps({{"after_load_mib": after_load, "peak_mib": status_mib("VmHWM:")}}))
 """
 
 
@@ -102,7 +110,7 @@ def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> Throughp
     model = load_model(name, device="cpu")
     hf_model, _ = load_hf_model(name)
     texts = [s.text for s in load_stories(split="train")[:n_texts]]
-    planned, _ = batches(model, texts)
+    planned = batches(model, texts)
     n_tokens = sum(b.tokens.numel() for b in planned)  # padded positions: both sides compute them
 
     def ours() -> None:
