@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from emolens import models
-from emolens.model_cache import CacheEntry
+from emolens.model_cache import CacheEntry, file_sha256
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "In 1969, the first humans walked on", "def add(a, b):"]
 
@@ -90,6 +91,11 @@ def test_cache_warm_equals_cold_and_corruption_rebuilds(tmp_path: Path, monkeypa
     assert cold_state.keys() == warm_state.keys()
     assert all(torch.equal(cold_state[k], warm_state[k]) for k in cold_state)
     assert cold.to_tokens(PROMPTS[0]).tolist() == warm.to_tokens(PROMPTS[0]).tolist()
+    # Warm weights are memory-mapped from the cache: editing them must not write through.
+    with torch.no_grad():
+        warm.blocks[0].attn.W_Q.add_(1.0)
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    assert file_sha256(entry.path / "state.safetensors") == manifest["files"]["state.safetensors"]["sha256"]
     del warm
     gc.collect()
 
