@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from emolens.report.page import Page
 from emolens.validation import Validation
@@ -47,6 +48,7 @@ def validation_section(page: Page, validation: Validation, vectors: EmotionVecto
     axis.plot(layers, [acc.cluster for acc in validation.per_layer], marker="^", label="cluster")
     axis.axhline(validation.chance_top1, color="grey", linestyle=":", label="chance top-1")
     axis.axhline(validation.chance_top5, color="grey", linestyle="--", label="chance top-5")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("layer")
     axis.set_ylabel("held-out accuracy")
     axis.legend(fontsize=7)
