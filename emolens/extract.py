@@ -211,21 +211,32 @@ def token_moments(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: str | None = None,
 ) -> TokenMoments:
-    """Mean, covariance and mean norm of window tokens at each layer, streamed."""
+    """Mean, covariance and mean norm of window tokens at each layer, streamed.
+
+    Sums are taken of tokens minus a shift (the first batch's mean), so that a residual
+    stream with a large mean does not cancel catastrophically in ``E[xx] - mean mean``;
+    each batch's products are float32, accumulated in float64.
+    """
     n_layers, d_model = len(check_layers(model, layers)), model.cfg.d_model
     total = torch.zeros(n_layers, d_model, dtype=torch.float64)
     outer = torch.zeros(n_layers, d_model, d_model, dtype=torch.float64)
     norm_total = torch.zeros(n_layers, dtype=torch.float64)
+    shift: Tensor | None = None
     count = 0
     for batch, resid in stream_resid(model, texts, layers, window_start, token_budget, progress):
         tokens = resid[:, batch.window]  # layer token d_model
-        # Each batch's products in float32 on the model's device, accumulated in float64.
-        total += tokens.sum(dim=1).double().cpu()
-        outer += einops.einsum(tokens, tokens, "layer token i, layer token j -> layer i j").double().cpu()
+        if shift is None:
+            shift = tokens.mean(dim=1, keepdim=True)
+        shifted = tokens - shift
+        total += shifted.sum(dim=1).double().cpu()
+        outer += einops.einsum(shifted, shifted, "layer token i, layer token j -> layer i j").double().cpu()
         norm_total += tokens.norm(dim=-1).sum(dim=1).double().cpu()
         count += tokens.shape[1]
-    if count < 2:
+    if count < 2 or shift is None:
         raise ValueError("fewer than 2 window tokens in the neutral texts; give longer or more texts")
-    mean = total / count
-    covariance = (outer - count * einops.einsum(mean, mean, "layer i, layer j -> layer i j")) / (count - 1)
+    shifted_mean = total / count
+    covariance = (outer - count * einops.einsum(shifted_mean, shifted_mean, "layer i, layer j -> layer i j")) / (
+        count - 1
+    )
+    mean = shifted_mean + shift[:, 0].double().cpu()
     return TokenMoments(count, mean.float(), covariance.float(), (norm_total / count).float())
