@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformer_lens import HookedTransformer
 
 from emolens.files import atomic_write_text
 from emolens.fit import fit_emotion_vectors
@@ -17,7 +18,7 @@ from emolens.validation import validate
 from emolens.vectors import EmotionVectors
 
 
-def fitted_or_fit(model_name: str, out: Path, device: str | None = None) -> tuple[EmotionVectors, object]:
+def fitted_or_fit(model_name: str, out: Path, device: str | None = None) -> tuple[EmotionVectors, HookedTransformer]:
     """Load ``OUT/vectors.safetensors`` when it matches the model (resumable), else fit and save it."""
     model = load_model(model_name, device=device)
     path = out / "vectors.safetensors"
@@ -40,9 +41,9 @@ def fitted_or_fit(model_name: str, out: Path, device: str | None = None) -> tupl
 def run_all(model_name: str, out: Path, device: str | None = None) -> Path:
     """Fit (or reuse) vectors, validate them, write ``OUT/results/*.json`` and ``OUT/report/index.html``."""
     vectors, model = fitted_or_fit(model_name, out, device)
-    sample = model.generate("The capital of France is", max_new_tokens=8, do_sample=False, verbose=False)  # type: ignore[attr-defined]
+    sample = model.generate("The capital of France is", max_new_tokens=8, do_sample=False, verbose=False)
     print(f"model check (greedy): {sample!r}")
-    validation = validate(vectors, model)  # type: ignore[arg-type]
+    validation = validate(vectors, model)
     results = out / "results"
     atomic_write_text(results / "validation.json", json.dumps(validation.to_dict(), indent=1))
     page = Page(f"emolens report: {model_name}")

@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from emolens.concepts import check_emotion
-from emolens.extract import DEFAULT_WINDOW_START, batches, resid_hook, text_means
+from emolens.extract import batches, resid_hook, text_means
 from emolens.files import atomic_write, atomic_write_text
 from emolens.models import model_identity
 
@@ -167,6 +167,3 @@ class EmotionVectors:
 def default_layer_for(n_layers: int) -> int:
     """The study's rule: the block about two-thirds of the way through the model."""
     return max(0, round(2 * n_layers / 3) - 1)
-
-
-__all__ = ["DEFAULT_WINDOW_START", "EmotionVectors", "default_layer_for"]
