@@ -1,0 +1,93 @@
+"""Uncertainty for every reported number: bootstrap intervals, permutation tests, correlations.
+
+Resample the *independent unit* (emotions, prompts, scenarios), never tokens or the two
+stories of one emotion. Every function is seeded and returns plain floats, ready for JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its 95% bootstrap interval (``low <= value <= high`` up to resampling noise)."""
+
+    value: float
+    low: float
+    high: float
+    n: int  # number of independent units resampled
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    n_units: int,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> Estimate:
+    """Percentile 95% interval of ``statistic(unit_indices)`` over units resampled with replacement.
+
+    ``statistic`` receives an index array into the units (length ``n_units``) so it can
+    resample whole rows of several aligned arrays at once.
+    """
+    if n_units < 2:
+        raise ValueError(f"need at least 2 independent units for a bootstrap interval, got {n_units}")
+    rng = np.random.default_rng(seed)
+    value = float(statistic(np.arange(n_units)))
+    draws = np.array([statistic(rng.integers(0, n_units, n_units)) for _ in range(samples)], dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return Estimate(value, float("nan"), float("nan"), n_units)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Estimate(round(value, 6), round(float(min(low, value)), 6), round(float(max(high, value)), 6), n_units)
+
+
+def mean_ci(values: np.ndarray | list[float], seed: int = 0) -> Estimate:
+    """Mean of ``values`` (one per independent unit) with a bootstrap interval."""
+    array = np.asarray(values, dtype=float)
+    return bootstrap(lambda idx: float(array[idx].mean()), array.size, seed=seed)
+
+
+def correlation_ci(
+    x: np.ndarray | list[float], y: np.ndarray | list[float], method: str = "pearson", seed: int = 0
+) -> Estimate:
+    """Pearson or Spearman correlation of paired units with a bootstrap interval over units."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"x and y must pair up, got shapes {a.shape} and {b.shape}")
+
+    def corr(idx: np.ndarray) -> float:
+        xa, yb = a[idx], b[idx]
+        if np.ptp(xa) == 0 or np.ptp(yb) == 0:
+            return float("nan")
+        if method == "spearman":
+            return float(scipy_stats.spearmanr(xa, yb).statistic)
+        if method == "pearson":
+            return float(np.corrcoef(xa, yb)[0, 1])
+        raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}")
+
+    return bootstrap(corr, a.size, seed=seed)
+
+
+def permutation_p(statistic: Callable[[np.ndarray], float], n_units: int, samples: int = 2000, seed: int = 0) -> float:
+    """One-sided p-value that ``statistic(permutation)`` reaches ``statistic(identity)``.
+
+    ``statistic`` receives a permutation of ``range(n_units)`` (the shuffled labels);
+    the +1 correction keeps p > 0.
+    """
+    rng = np.random.default_rng(seed)
+    observed = statistic(np.arange(n_units))
+    null = np.array([statistic(rng.permutation(n_units)) for _ in range(samples)])
+    return float((1 + np.sum(null >= observed)) / (1 + samples))
