@@ -1,0 +1,347 @@
+"""feels: does steering an emotion direction make the model say it feels that emotion, and at which layers?
+
+Prompts are neutral sentences that end where a feeling word would come ("... and felt").
+For 12 emotions spread over the valence/arousal plane, each direction is added at each
+layer (all prompt positions) at each strength ``alpha`` (units of the layer's mean
+residual norm), and the log-probability of each of the 12 emotion words (``" word"``'s
+first token) is read at the last position.
+
+Per layer and alpha, the *diagonal dominance* of the steered x measured matrix of
+log-probability changes is ``mean_e [d(e, e) - mean_{w != e} d(e, w)]``, computed per
+prompt and bootstrapped over prompts. The same statistic with seeded random directions
+of equal norm in place of each emotion's is the control. The alpha of each layer's
+headline is chosen on the ``select`` prompts and reported on the ``report`` prompts.
+Coherence: KL(unsteered || steered) of the next token on neutral text; an alpha is
+*usable* while that KL stays below ``KL_LIMIT`` nats for both signs. Greedy
+continuations at the chosen layer show what the steering does to text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer
+
+from emolens.corpus import data_path, load_neutral, read_jsonl
+from emolens.experiments.runner import experiment_main
+from emolens.report.page import Page
+from emolens.report.views import side_by_side
+from emolens.stats import mean_ci
+from emolens.steer import steer
+from emolens.sweep import sweep
+from emolens.vectors import EmotionVectors
+
+EMOTIONS = (
+    "happy",
+    "excited",
+    "proud",
+    "loving",
+    "calm",
+    "surprised",
+    "sad",
+    "afraid",
+    "angry",
+    "ashamed",
+    "bored",
+    "nervous",
+)
+KL_LIMIT = 1.0  # nats, mean over neutral snippets: beyond this the model's next-token behaviour has broken
+COHERENCE_EMOTIONS = 3
+
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {"emotions": 3, "layer_stride": 2, "alphas": (0.5, 2.0), "prompts": 4, "neutral": 3, "new_tokens": 6},
+    "cpu": {
+        "emotions": 12,
+        "layer_stride": 1,
+        "alphas": (0.1, 0.25, 0.5, 1.0),
+        "prompts": 12,
+        "neutral": 6,
+        "new_tokens": 24,
+    },
+    "full": {
+        "emotions": 12,
+        "layer_stride": 1,
+        "alphas": (0.05, 0.1, 0.25, 0.5, 1.0),
+        "prompts": 12,
+        "neutral": 16,
+        "new_tokens": 32,
+    },
+}
+
+
+@dataclass
+class FeelsResult:
+    model: str
+    profile: str
+    emotions: list[str]
+    alphas: list[float]
+    kl_limit: float
+    per_layer: list[dict[str, Any]]  # layer, alpha, effect, control, difference, usable_alpha, neutral_kl
+    grid: list[dict[str, Any]]  # every (layer, alpha): effect/control on the report prompts, feel-prompt KL
+    best_layer: int
+    matrix: list[list[float]]  # steered x measured mean log-prob change at best layer and its alpha
+    generations: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def feel_prompts(n_per_split: int) -> tuple[list[str], list[str]]:
+    """(select, report) prompts from the packaged set."""
+    rows = read_jsonl(data_path("feels_prompts.jsonl"))
+    select = [r["text"] for r in rows if r["split"] == "select"][:n_per_split]
+    report = [r["text"] for r in rows if r["split"] == "report"][:n_per_split]
+    return select, report
+
+
+def dominance(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]) -> np.ndarray:
+    """Per prompt, mean over steered emotions of (own word's change - mean change of the other words)."""
+    per_emotion = []
+    for row in rows:
+        own = np.asarray(row["target_logprob_by_prompt"][row["emotion"]]) - base[row["emotion"]]
+        others = [np.asarray(row["target_logprob_by_prompt"][w]) - base[w] for w in emotions if w != row["emotion"]]
+        per_emotion.append(own - np.mean(others, axis=0))
+    return np.mean(per_emotion, axis=0)
+
+
+def change_matrix(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]) -> list[list[float]]:
+    by_emotion = {row["emotion"]: row for row in rows}
+    return [
+        [round(float(np.mean(np.asarray(by_emotion[e]["target_logprob_by_prompt"][w]) - base[w])), 4) for w in emotions]
+        for e in emotions
+    ]
+
+
+def run(
+    model: HookedTransformer,
+    vecs: EmotionVectors,
+    profile: str = "cpu",
+    seed: int = 0,
+    emotions: list[str] | None = None,
+) -> FeelsResult:
+    """The feels grid on ``vecs`` (see the module docstring); ``emotions`` overrides the profile's set."""
+    size = SIZES[profile]
+    names = emotions or [e for e in EMOTIONS if e in vecs.emotions][: size["emotions"]]
+    if len(names) < 2:
+        raise ValueError("feels needs at least 2 fitted emotions; fit vectors with more emotions")
+    layers = vecs.layers[:: size["layer_stride"]]
+    signed = sorted({*size["alphas"], *(-a for a in size["alphas"])})
+    select, report = feel_prompts(size["prompts"])
+    prompts = select + report
+    common: dict[str, Any] = {
+        "prompts": prompts,
+        "emotions": names,
+        "layers": layers,
+        "alphas": signed,
+        "targets": names,
+    }
+    steered = sweep(model, vecs, **common)
+    control = sweep(model, vecs, control="random", seed=seed, **common)
+    (baseline,) = sweep(model, vecs, prompts, names[:1], layers[:1], [0.0], targets=names, progress=False)
+    base = {w: np.asarray(baseline["target_logprob_by_prompt"][w]) for w in names}
+    n_select = len(select)
+
+    neutral = [text[:300] for text in load_neutral()[: size["neutral"]]]
+    coherence_names = names[:COHERENCE_EMOTIONS]
+    neutral_rows = sweep(model, vecs, neutral, coherence_names, layers, signed, targets=())
+    grid, per_layer = [], []
+    for layer in layers:
+        cells = []
+        for alpha in signed:
+
+            def pick(rows: list[dict[str, Any]], layer: int = layer, alpha: float = alpha) -> list[dict[str, Any]]:
+                return [r for r in rows if r["layer"] == layer and r["alpha"] == alpha]
+
+            effect = dominance(pick(steered), base, names)
+            null = dominance(pick(control), base, names)
+            neutral_kl = float(np.mean([r["kl"] for r in pick(neutral_rows)]))
+            cell = {
+                "layer": layer,
+                "alpha": alpha,
+                "select_effect": float(effect[:n_select].mean()),
+                "effect": mean_ci(effect[n_select:], seed).to_dict(),
+                "control": mean_ci(null[n_select:], seed).to_dict(),
+                "difference": mean_ci(effect[n_select:] - null[n_select:], seed).to_dict(),
+                "feel_kl": float(np.mean([r["kl"] for r in pick(steered)])),
+                "neutral_kl": neutral_kl,
+            }
+            grid.append(cell)
+            cells.append(cell)
+        usable = [c for c in cells if c["neutral_kl"] <= KL_LIMIT]
+        usable_alpha = min((abs(c["alpha"]) for c in cells if c["neutral_kl"] > KL_LIMIT), default=None)
+        candidates = [c for c in usable if c["alpha"] > 0] or [c for c in cells if c["alpha"] > 0]
+        chosen = max(candidates, key=lambda c: c["select_effect"])
+        per_layer.append(
+            {
+                "layer": layer,
+                "alpha": chosen["alpha"],
+                "effect": chosen["effect"],
+                "control": chosen["control"],
+                "difference": chosen["difference"],
+                "neutral_kl": chosen["neutral_kl"],
+                "first_incoherent_alpha": usable_alpha,
+            }
+        )
+    best = max(
+        per_layer,
+        key=lambda row: next(
+            c["select_effect"] for c in grid if c["layer"] == row["layer"] and c["alpha"] == row["alpha"]
+        ),
+    )
+    best_rows = [r for r in steered if r["layer"] == best["layer"] and r["alpha"] == best["alpha"]]
+    report_base = {w: v[n_select:] for w, v in base.items()}
+    report_rows = [
+        {**r, "target_logprob_by_prompt": {w: v[n_select:] for w, v in r["target_logprob_by_prompt"].items()}}
+        for r in best_rows
+    ]
+    return FeelsResult(
+        model=str(model.cfg.model_name),
+        profile=profile,
+        emotions=names,
+        alphas=signed,
+        kl_limit=KL_LIMIT,
+        per_layer=per_layer,
+        grid=grid,
+        best_layer=int(best["layer"]),
+        matrix=change_matrix(report_rows, report_base, names),
+        generations=continuations(
+            model, vecs, report[:2], names[:3], int(best["layer"]), best["alpha"], size["new_tokens"]
+        ),
+    )
+
+
+def continuations(
+    model: HookedTransformer,
+    vecs: EmotionVectors,
+    prompts: list[str],
+    emotions: list[str],
+    layer: int,
+    alpha: float,
+    n: int,
+) -> list[dict[str, Any]]:
+    """Greedy continuations, unsteered and steered at ``+-alpha``, with the unsteered model's mean log-prob of each."""
+    out = []
+    for prompt in prompts:
+        tokens = model.to_tokens(prompt)
+        plain = generate(model, tokens, n)
+        for emotion in emotions:
+            for sign in (1.0, -1.0):
+                with steer(model, vecs, emotion, sign * alpha, layers=[layer], positions="all"):
+                    text = generate(model, tokens, n)
+                out.append(
+                    {"prompt": prompt, "emotion": emotion, "alpha": sign * alpha, "layer": layer,
+                     "unsteered": plain, "steered": text, "steered_logprob": plausibility(model, tokens, text)}
+                )  # fmt: skip
+    return out
+
+
+def generate(model: HookedTransformer, tokens: torch.Tensor, n: int) -> str:
+    """Greedy continuation text (without the prompt)."""
+    with torch.inference_mode():
+        output = model.generate(tokens, max_new_tokens=n, do_sample=False, verbose=False)
+    assert model.tokenizer is not None and isinstance(output, torch.Tensor)
+    return str(model.tokenizer.decode(output[0, tokens.shape[1] :], skip_special_tokens=True))
+
+
+def plausibility(model: HookedTransformer, prompt_tokens: torch.Tensor, continuation: str) -> float:
+    """Mean log-prob per token of ``continuation`` under the unsteered model (fluency proxy)."""
+    assert model.tokenizer is not None
+    ids = model.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    if not ids:
+        return 0.0
+    full = torch.cat([prompt_tokens[0].cpu(), torch.tensor(ids)]).unsqueeze(0).to(prompt_tokens.device)
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(full)[0, :-1].float(), dim=-1)
+    start = prompt_tokens.shape[1] - 1
+    picked = logprobs[start:].gather(1, full[0, start + 1 :].unsqueeze(1))
+    return round(float(picked.mean()), 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment_main("feels", run, argv, __doc__.splitlines()[0] if __doc__ else None)
+
+
+def render(page: Page, data: dict[str, Any]) -> None:
+    """Per-layer effect beside its control, the KL of each strength, the matrix and generations."""
+    import matplotlib.pyplot as plt
+
+    page.heading("feels: steering an emotion direction, then asking how the text feels")
+    page.paragraph(
+        f"{len(data['emotions'])} emotions steered at every layer with alpha in {data['alphas']} "
+        "(units of mean residual norm, all prompt positions); effect = diagonal dominance of the "
+        "steered x measured log-prob change on held-out prompts, with a bootstrap 95% CI over prompts, beside "
+        f"seeded random directions of equal norm. Usable: neutral-text KL <= {data['kl_limit']} nats."
+    )
+    rows = data["per_layer"]
+    layers = [r["layer"] for r in rows]
+    figure, axis = plt.subplots(figsize=(7, 3))
+    for key, label, style in (("effect", "emotion direction", "o-"), ("control", "random direction", "s--")):
+        values = [r[key]["value"] for r in rows]
+        errors = [[r[key]["value"] - r[key]["low"] for r in rows], [r[key]["high"] - r[key]["value"] for r in rows]]
+        axis.errorbar(layers, values, yerr=errors, fmt=style, capsize=2, label=label, markersize=4)
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_xlabel("layer")
+    axis.set_ylabel("diagonal dominance (nats)")
+    axis.legend(fontsize=8)
+    page.figure(figure, "Steering effect per layer at the alpha chosen on held-out prompts (95% CI over prompts)")
+    plt.close(figure)
+    page.table(
+        ["layer", "alpha", "effect [95% CI]", "random control", "effect - control", "neutral KL", "KL > limit at"],
+        [
+            (r["layer"], r["alpha"], fmt(r["effect"]), fmt(r["control"]), fmt(r["difference"]),
+             f"{r['neutral_kl']:.3f}", r["first_incoherent_alpha"] if r["first_incoherent_alpha"] is not None else "-")
+            for r in rows
+        ],
+    )  # fmt: skip
+    figure, axis = plt.subplots(figsize=(7, 3))
+    for alpha in data["alphas"]:
+        cells = [c for c in data["grid"] if c["alpha"] == alpha]
+        axis.plot([c["layer"] for c in cells], [c["neutral_kl"] for c in cells], marker=".", label=f"alpha {alpha:+g}")
+    axis.axhline(data["kl_limit"], color="red", linestyle=":", label="coherence limit")
+    axis.set_yscale("symlog", linthresh=0.01)
+    axis.set_xlabel("layer")
+    axis.set_ylabel("KL on neutral text (nats)")
+    axis.legend(fontsize=6, ncol=2)
+    page.figure(figure, "Coherence: next-token KL(unsteered || steered) on neutral text")
+    plt.close(figure)
+    emotions = data["emotions"]
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    matrix = np.asarray(data["matrix"])
+    limit = float(np.abs(matrix).max()) or 1.0
+    image = axis.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    axis.set_xticks(range(len(emotions)), emotions, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(emotions)), emotions, fontsize=7)
+    axis.set_xlabel("measured word")
+    axis.set_ylabel("steered emotion")
+    figure.colorbar(image, label="log-prob change")
+    page.figure(figure, f"Steered x measured log-prob change at layer {data['best_layer']} (held-out prompts)")
+    plt.close(figure)
+    if data["generations"]:
+        page.heading("Greedy continuations, unsteered and steered", level=3)
+        for g in data["generations"]:
+            side_by_side(
+                page,
+                f"unsteered: {g['prompt']}",
+                g["unsteered"],
+                f"{g['emotion']} alpha {g['alpha']:+g} at layer {g['layer']} (mean log-prob {g['steered_logprob']})",
+                g["steered"],
+            )
+
+
+def fmt(estimate: dict[str, float]) -> str:
+    return f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
+
+
+def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Index-page summary: the strongest layer's steering effect beside its control."""
+    best = max(data["per_layer"], key=lambda r: r["difference"]["value"])
+    return [
+        (
+            "feels: steering effect at its best layer (effect vs random control)",
+            f"layer {best['layer']}, alpha {best['alpha']:+g}: {fmt(best['effect'])} vs {fmt(best['control'])}",
+            "steering shifts reported emotion (qualitative)",
+        )
+    ]
