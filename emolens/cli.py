@@ -74,18 +74,36 @@ def _score(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from emolens.pipeline import run_all
 
-    run_all(args.model, Path(args.out), device=args.device)
+    outcome = run_all(
+        args.model,
+        Path(args.out),
+        profile=args.profile,
+        only=args.only,
+        seed=args.seed,
+        device=args.device,
+        vectors_path=Path(args.vectors) if args.vectors else None,
+    )
+    if outcome.failures:
+        names = ", ".join(outcome.failures)
+        print(f"emolens: {len(outcome.failures)} stage(s) failed ({names}); tracebacks above", file=sys.stderr)
+        return 1
     return 0
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from emolens.corpus import validate_corpus
+    from emolens.corpus import CorpusError, validate_corpus
 
     if args.corpus_command == "validate":
-        for path in args.files:
-            rows = validate_corpus(path, all_emotions=not args.partial)
+        failed = 0
+        for path in args.files:  # every file is checked and every problem listed, one per line
+            try:
+                rows = validate_corpus(path, all_emotions=not args.partial)
+            except (CorpusError, FileNotFoundError) as err:
+                failed += 1
+                print(f"emolens: {err}", file=sys.stderr)
+                continue
             print(f"{path}: OK ({len(rows)} rows)")
-        return 0
+        return 2 if failed else 0
     from emolens.corpus_generate import generate_stories, write_jsonl
     from emolens.models import load_model
 
@@ -109,6 +127,7 @@ def _corpus(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emolens", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -134,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the main job: fit, validate, experiments and the HTML report")
     common(run)
-    run.add_argument("--out", required=True)
+    run.add_argument("--out", required=True, help="run directory: vectors, results/*.json, report/*.html")
+    run.add_argument("--profile", default="cpu", choices=["quick", "cpu", "full"], help="sizes (default %(default)s)")
+    run.add_argument("--only", nargs="+", metavar="EXP", help="run only these stages (validation or experiments)")
+    run.add_argument("--vectors", default=None, help="use this fitted vectors file instead of fitting into --out")
+    run.add_argument("--seed", type=int, default=0)
     run.set_defaults(handler=_run)
 
     corpus = sub.add_parser("corpus", help="validate or generate corpus files")
@@ -160,8 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        if args.debug:
+            raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"emolens: error: {message}", file=sys.stderr)
+        print(f"emolens: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

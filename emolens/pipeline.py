@@ -1,58 +1,367 @@
-"""The main job (``emolens run``): fit or reuse vectors, validate per layer, write results and the report."""
+"""The main job (``emolens run``): load, fit (or reuse), validate, every experiment of a profile, report.
+
+Every stage after loading writes ``OUT/results/NAME.json`` atomically, with a ``_stage``
+block holding the stage's *key*: a hash of the model identity, the vectors file, the
+profile, the seed, the packaged data and the source of the code the stage runs. A rerun
+skips a stage whose key is unchanged, so a killed run resumes where it stopped and a
+changed setting (or code, or data) recomputes only what it touches. The report is
+rebuilt from whatever results exist.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import sys
 import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
 
 import torch
 from transformer_lens import HookedTransformer
 
+from emolens import validation as validation_module
+from emolens.corpus import Story, data_path, load_neutral, load_stories
+from emolens.experiments import PROFILES, check_experiment, check_profile, load_experiment
 from emolens.files import atomic_write_text
 from emolens.fit import fit_emotion_vectors
-from emolens.models import load_model
-from emolens.report.page import Page
-from emolens.report.validation_section import validation_section
-from emolens.validation import validate
+from emolens.models import load_model, model_identity, tiny_random_model
+from emolens.report.site import build_report
 from emolens.vectors import EmotionVectors
 
+TINY = "tiny"  # ``--model tiny``: the random test model with a small fit (smoke tests, the browser test)
+TINY_EMOTIONS = (
+    *("afraid", "angry", "blissful", "calm", "desperate", "happy"),
+    *("hostile", "joyful", "loving", "nervous", "proud", "sad"),
+)
+FIT_SETTINGS: dict[str, Any] = {"method": "mean_diff", "denoise_variance": 0.5, "window_start": 50, "emotions": "all"}
+TINY_FIT_SETTINGS: dict[str, Any] = {
+    **FIT_SETTINGS,
+    "window_start": 20,
+    "emotions": list(TINY_EMOTIONS),
+    "neutral": 6,
+    "stories_per_emotion": 3,  # per split
+    "story_chars": 300,  # stories and neutral texts cut to this many characters
+}
 
-def fitted_or_fit(model_name: str, out: Path, device: str | None = None) -> tuple[EmotionVectors, HookedTransformer]:
-    """Load ``OUT/vectors.safetensors`` when it matches the model (resumable), else fit and save it."""
-    model = load_model(model_name, device=device)
+
+@dataclass
+class RunOutcome:
+    """What a run produced: the report's index page, stage timings and any failed stages."""
+
+    report: Path
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def load(model_name: str, device: str | None = None) -> HookedTransformer:
+    """A packaged model by name, or the tiny random model for ``"tiny"``."""
+    return tiny_random_model(seed=0) if model_name == TINY else load_model(model_name, device=device)
+
+
+def fit_settings(model_name: str) -> dict[str, Any]:
+    """The fit a run uses: the study's recipe on the packaged corpus, or a small one for the tiny model."""
+    return dict(TINY_FIT_SETTINGS if model_name == TINY else FIT_SETTINGS)
+
+
+def file_digest(*paths: Path) -> str:
+    """SHA-256 over the bytes of ``paths`` in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def data_digest() -> str:
+    """SHA-256 of every packaged data file (corpus, prompts, norms): experiments read them."""
+    root = data_path("stories.jsonl").parent
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def code_digest(module: ModuleType) -> str:
+    """SHA-256 of a module's source and of the emolens modules it imports names from (one level)."""
+    modules = {module.__name__}
+    for value in vars(module).values():
+        owner = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        if isinstance(owner, str) and owner.startswith("emolens"):
+            modules.add(owner)
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        imported = sys.modules.get(name)
+        source = inspect.getsourcefile(imported) if imported else None
+        if source:
+            digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
+
+
+def stage_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A results JSON, or ``None`` when absent or unreadable (a killed write never leaves one: writes are atomic)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_result(path: Path, data: dict[str, Any], stage: dict[str, Any]) -> None:
+    """``data`` plus its ``_stage`` block, atomically; non-finite numbers are an error."""
+    try:
+        text = json.dumps({**data, "_stage": stage}, indent=1, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path.stem}: result has NaN or infinite numbers; results must be finite") from None
+    atomic_write_text(path, text)
+
+
+def vectors_mismatch(vectors: EmotionVectors, model: HookedTransformer, settings: dict[str, Any]) -> str | None:
+    """Why ``vectors`` cannot be reused for this run (model, corpus or fit settings differ), or ``None``."""
+    try:
+        vectors.check_model(model)
+    except ValueError as err:
+        return str(err)
+    if vectors.metadata.get("fit_settings") != settings:
+        return f"fit settings {vectors.metadata.get('fit_settings')} differ from this run's {settings}"
+    if vectors.metadata.get("corpus_sha256") != data_digest():
+        return "the packaged corpus changed since these vectors were fitted (or they carry no corpus hash)"
+    return None
+
+
+def stories_for(split: Literal["train", "validation"], settings: dict[str, Any]) -> list[Story] | None:
+    """The packaged split, or (when ``settings`` limit it) the first few shortened stories of each emotion."""
+    if "stories_per_emotion" not in settings:
+        return None
+    kept: list[Story] = []
+    for story in load_stories(split=split):
+        if (
+            story.emotion in settings["emotions"]
+            and sum(s.emotion == story.emotion for s in kept) < settings["stories_per_emotion"]
+        ):
+            kept.append(replace(story, text=story.text[: settings["story_chars"]]))
+    return kept
+
+
+def fit_vectors(model: HookedTransformer, settings: dict[str, Any]) -> EmotionVectors:
+    """Fit with ``settings`` and record them, with the corpus hash, in the vectors' metadata."""
+    started = time.perf_counter()
+    emotions = None if settings["emotions"] == "all" else settings["emotions"]
+    neutral = (
+        [text[: settings["story_chars"]] for text in load_neutral()[: settings["neutral"]]]
+        if "neutral" in settings
+        else None
+    )
+    vectors = fit_emotion_vectors(
+        model,
+        stories=stories_for("train", settings),
+        neutral=neutral,
+        method=settings["method"],
+        denoise_variance=settings["denoise_variance"],
+        emotions=emotions,
+        window_start=settings["window_start"],
+    )
+    vectors.metadata.update(
+        fit_settings=settings,
+        corpus_sha256=data_digest(),
+        fit_seconds=round(time.perf_counter() - started, 1),
+        torch_threads=torch.get_num_threads(),
+    )
+    return vectors
+
+
+def fitted_or_fit(
+    model: HookedTransformer, model_name: str, out: Path, vectors_path: Path | None = None
+) -> tuple[EmotionVectors, str]:
+    """Vectors for this run and how they were obtained ("reused ..." or "fitted").
+
+    ``vectors_path`` (given by the user) must match or the run stops with the reason;
+    ``OUT/vectors.safetensors`` is reused when it matches and refitted when it is
+    missing, corrupt or stale.
+    """
+    settings = fit_settings(model_name)
+    if vectors_path is not None:
+        vectors = EmotionVectors.load(vectors_path)
+        reason = vectors_mismatch(vectors, model, settings)
+        if reason:
+            raise ValueError(f"{vectors_path} cannot be used: {reason}; drop --vectors to fit")
+        return vectors, f"reused {vectors_path}"
     path = out / "vectors.safetensors"
     if path.exists():
-        vectors = EmotionVectors.load(path)
         try:
-            vectors.check_model(model)
-            print(f"reusing {path} (delete it to refit)")
-            return vectors, model
-        except ValueError as err:
-            print(f"refitting: {err}")
-    started = time.perf_counter()
-    vectors = fit_emotion_vectors(model)
-    vectors.metadata["fit_seconds"] = round(time.perf_counter() - started, 1)
-    vectors.metadata["torch_threads"] = torch.get_num_threads()
+            vectors = EmotionVectors.load(path)
+            reason = vectors_mismatch(vectors, model, settings)
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            reason = f"unreadable ({err})"
+        if reason is None:
+            return vectors, f"reused {path}"
+        print(f"refitting {path}: {reason}")
+    vectors = fit_vectors(model, settings)
     vectors.save(path)
-    return vectors, model
+    return vectors, "fitted"
 
 
-def run_all(model_name: str, out: Path, device: str | None = None) -> Path:
-    """Fit (or reuse) vectors, validate them, write ``OUT/results/*.json`` and ``OUT/report/index.html``."""
-    vectors, model = fitted_or_fit(model_name, out, device)
-    sample = model.generate("The capital of France is", max_new_tokens=8, do_sample=False, verbose=False)
-    print(f"model check (greedy): {sample!r}")
-    validation = validate(vectors, model)
+def fit_summary(vectors: EmotionVectors, how: str) -> dict[str, Any]:
+    """The settings page's view of the vectors (results/fit.json)."""
+    meta = vectors.metadata
+    return {
+        "how": how,
+        "emotions": len(vectors.emotions),
+        "layers": [vectors.layers[0], vectors.layers[-1]],
+        "default_layer": vectors.default_layer,
+        "settings": meta.get("fit_settings"),
+        "training_stories": sum(meta.get("stories_per_emotion", {}).values()),
+        "neutral_tokens": meta.get("neutral_tokens"),
+        "fit_seconds": meta.get("fit_seconds"),
+        "fitted_at": meta.get("fitted_at"),
+        "corpus_sha256": meta.get("corpus_sha256"),
+    }
+
+
+def _clock(seconds: float | int) -> str:
+    """``m:ss``."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def run_all(
+    model_name: str,
+    out: Path,
+    profile: str = "cpu",
+    only: Sequence[str] | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    vectors_path: Path | None = None,
+) -> RunOutcome:
+    """Run every stage of ``profile`` (or just ``only``), resuming from ``OUT/results``; build the report."""
+    check_profile(profile)
+    only = [name if name == "validation" else check_experiment(name) for name in only or ()]
+    missing = [name for name in only if name != "validation" and name not in PROFILES[profile]]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not in the {profile} profile; choose another --profile")
+    chosen = [name for name in PROFILES[profile] if name in only] if only else list(PROFILES[profile])
+    modules = [(name, load_experiment(name)) for name in chosen]  # import errors surface before any work
     results = out / "results"
-    atomic_write_text(results / "validation.json", json.dumps(validation.to_dict(), indent=1))
-    page = Page(f"emolens report: {model_name}")
-    validation_section(page, validation, vectors)
-    report = page.write(out / "report" / "index.html")
-    best = next(acc for acc in validation.per_layer if acc.layer == validation.best_layer)
-    print(
-        f"validation: best layer {best.layer} top-1 {best.top1:.3f} top-5 {best.top5:.3f} "
-        f"(chance {validation.chance_top1:.3f}/{validation.chance_top5:.3f}); default layer {vectors.default_layer}"
+    started = time.perf_counter()
+    outcome = RunOutcome(report=out / "report" / "index.html")
+
+    print(f"[load] {model_name}")
+    model = load(model_name, device)
+    identity = model_identity(model)
+    print(f"[load] done in {time.perf_counter() - started:.1f} s")
+
+    fit_started = time.perf_counter()
+    print("[fit] checking for reusable vectors")
+    vectors, how = fitted_or_fit(model, model_name, out, vectors_path)
+    vectors_file = Path(vectors_path) if vectors_path else out / "vectors.safetensors"
+    vectors_hash = file_digest(vectors_file, vectors_file.with_suffix(".json"))
+    fit_seconds = time.perf_counter() - fit_started
+    fit_stage = {"name": "fit", "status": how, "seconds": round(fit_seconds, 1)}
+    write_result(results / "fit.json", fit_summary(vectors, how), {**fit_stage, "key": vectors_hash})
+    outcome.stages.append(fit_stage)
+    print(f"[fit] {how} ({len(vectors.emotions)} emotions x {len(vectors.layers)} layers) in {fit_seconds:.1f} s")
+
+    shared = {"model": identity, "vectors": vectors_hash, "data": data_digest(), "seed": seed}
+    held_out = stories_for("validation", fit_settings(model_name))
+    stages = [
+        Stage("validation", validation_module, lambda: validation_module.validate(vectors, model, held_out).to_dict())
+    ]
+    stages += [Stage(name, module, _experiment_call(module, model, vectors, profile, seed)) for name, module in modules]
+    stages = [stage for stage in stages if not only or stage.name in only]
+    for stage in stages:
+        stage.key = stage_key(
+            stage=stage.name,
+            code=code_digest(stage.module),
+            profile=None if stage.name == "validation" else profile,
+            **shared,
+        )
+        stage.previous = (read_result(results / f"{stage.name}.json") or {}).get("_stage", {})
+    for index, stage in enumerate(stages):
+        prefix = f"[{index + 1}/{len(stages)} {stage.name}]"
+        if stage.previous.get("key") == stage.key:
+            print(f"{prefix} unchanged, reusing results/{stage.name}.json")
+            outcome.stages.append({"name": stage.name, "status": "reused", "seconds": stage.previous.get("seconds")})
+            continue
+        print(f"{prefix} running ({_estimate(stages[index:])}; elapsed {_clock(time.perf_counter() - started)})")
+        status = _run_stage(stage, results / f"{stage.name}.json", {"profile": profile, "seed": seed}, outcome)
+        print(f"{prefix} {status}")
+
+    run_info = {
+        "model_name": model_name,
+        "model": identity,
+        "profile": profile,
+        "seed": seed,
+        "device": str(model.cfg.device),
+        "torch_threads": torch.get_num_threads(),
+        "stages": outcome.stages,
+        "failures": outcome.failures,
+        "seconds": round(time.perf_counter() - started, 1),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    atomic_write_text(results / "run.json", json.dumps(run_info, indent=1))
+    print("[report] writing pages")
+    render_failures = build_report(out, experiments=list(PROFILES[profile]))
+    outcome.failures.update({f"report:{name}": message for name, message in render_failures.items()})
+    print(f"[report] {outcome.report} ({_clock(time.perf_counter() - started)} in all)")
+    return outcome
+
+
+@dataclass
+class Stage:
+    """One resumable step: its results file is ``results/NAME.json``."""
+
+    name: str
+    module: ModuleType  # the code whose source enters the key
+    compute: Callable[[], dict[str, Any]]
+    key: str = ""
+    previous: dict[str, Any] = field(default_factory=dict)  # the _stage block of the last results file
+
+
+def _estimate(pending: Sequence[Stage]) -> str:
+    """Time left from the last recorded duration of each stage that will run."""
+    to_run = [stage for stage in pending if stage.previous.get("key") != stage.key]
+    known = [float(s.previous["seconds"]) for s in to_run if isinstance(s.previous.get("seconds"), int | float)]
+    untimed = len(to_run) - len(known)
+    last = to_run[0].previous.get("seconds") if to_run else None
+    this = f"last run took {_clock(last)}" if isinstance(last, int | float) else "no earlier timing"
+    rest = f"about {_clock(sum(known))} left for {len(known)} timed stage(s)" + (
+        f", {untimed} untimed" if untimed else ""
     )
-    print(f"wrote {results / 'validation.json'} and {report}")
-    return report
+    return f"{this}; {rest}"
+
+
+def _run_stage(stage: Stage, path: Path, settings: dict[str, Any], outcome: RunOutcome) -> str:
+    """Compute and save one stage; a failure is printed with its traceback and recorded, not raised."""
+    started = time.perf_counter()
+    try:
+        data = stage.compute()
+        seconds = round(time.perf_counter() - started, 1)
+        write_result(path, data, {"name": stage.name, "key": stage.key, "seconds": seconds, **settings})
+    except Exception as err:  # one experiment failing must not lose the others: report it and go on
+        traceback.print_exc()
+        message = str(err).splitlines()[0] if str(err) else ""
+        outcome.failures[stage.name] = f"{type(err).__name__}: {message}"
+        outcome.stages.append({"name": stage.name, "status": "failed", "seconds": None})
+        return f"FAILED: {outcome.failures[stage.name]}"
+    outcome.stages.append({"name": stage.name, "status": "computed", "seconds": seconds})
+    return f"done in {_clock(seconds)}"
+
+
+def _experiment_call(
+    module: ModuleType, model: HookedTransformer, vectors: EmotionVectors, profile: str, seed: int
+) -> Callable[[], dict[str, Any]]:
+    def call() -> dict[str, Any]:
+        result = module.run(model, vectors, profile=profile, seed=seed)
+        return dict(result.to_dict())
+
+    return call

@@ -37,35 +37,3 @@ def test_generate_end_to_end_with_tiny_model(
     rejected = [json.loads(line) for line in out.with_suffix(".rejected.jsonl").read_text().splitlines()]
     assert out.exists() and len(rejected) + len(out.read_text().splitlines()) == 2
     assert "stories" in capsys.readouterr().out
-
-
-def test_run_writes_results_and_escaped_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model) -> None:
-    from emolens import pipeline
-    from emolens.corpus import load_neutral
-    from emolens.fit import fit_emotion_vectors
-
-    def small_fit(model):
-        return fit_emotion_vectors(
-            model, neutral=load_neutral()[:6], emotions=["calm", "afraid", "joyful"], window_start=20
-        )
-
-    monkeypatch.setattr(pipeline, "load_model", lambda name, device=None: tiny_model)
-    monkeypatch.setattr(pipeline, "fit_emotion_vectors", small_fit)
-    report = pipeline.run_all("tiny", tmp_path)
-    validation = json.loads((tmp_path / "results" / "validation.json").read_text())
-    assert [acc["layer"] for acc in validation["per_layer"]] == [0, 1, 2]
-    assert validation["n_stories"] == 6
-    page = report.read_text()
-    assert page.startswith("<!doctype html>") and "<script" not in page and "data:image/png;base64," in page
-    assert (tmp_path / "vectors.safetensors").exists()
-    pipeline.run_all("tiny", tmp_path)  # second run reuses the saved vectors
-
-
-def test_page_escapes_text(tmp_path: Path) -> None:
-    from emolens.report import Page
-
-    page = Page("<b>title</b>")
-    page.paragraph('<script>alert("x")</script>')
-    page.table(["<h>"], [["a & b"]])
-    html = page.write(tmp_path / "p.html").read_text()
-    assert "<script>alert" not in html and "&lt;script&gt;" in html and "a &amp; b" in html and "<b>title" not in html
