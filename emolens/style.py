@@ -110,7 +110,7 @@ def form_matrix(texts: Sequence[str]) -> np.ndarray:
     return np.stack([story_form(t).as_array() for t in texts])
 
 
-def group_means(features: np.ndarray, groups: Sequence[int], n_groups: int) -> np.ndarray:
+def group_means(features: np.ndarray, groups: Sequence[int] | np.ndarray, n_groups: int) -> np.ndarray:
     """``group x feature`` mean of the rows of ``features`` in each group (e.g. per emotion)."""
     labels = np.asarray(groups)
     missing = [g for g in range(n_groups) if not (labels == g).any()]

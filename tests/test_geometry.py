@@ -124,3 +124,95 @@ def test_form_explains_a_planted_style_score_and_not_a_random_one() -> None:
     assert fits[1].r2_cv < 0.05
     means = group_means(features, [i % 3 for i in range(300)], 3)
     assert means.shape == (3, len(FORM_FEATURES))
+
+
+def synthetic_study_data(seed: int = 0, form_strength: float = 4.0):
+    """Story means = emotion + topic + form-driven direction + noise, for the study's linear algebra."""
+    from emolens.experiments.geometry_study import TRAIN_FOLDS, StudyData
+    from emolens.extract import TokenMoments
+
+    rng = np.random.default_rng(seed)
+    n_emotions, per_emotion, n_topics, d = 12, 10, 15, 32
+    labels = np.repeat(np.arange(n_emotions), per_emotion)
+    topics = rng.integers(0, n_topics, labels.size)
+    forms = rng.normal(size=(labels.size, 8))
+    emotion_dirs, topic_dirs = rng.normal(size=(n_emotions, d)), 3 * rng.normal(size=(n_topics, d))
+    form_dir = rng.normal(size=d)
+    x = (
+        emotion_dirs[labels]
+        + topic_dirs[topics]
+        + form_strength * np.outer(forms[:, 0], form_dir)
+        + 0.1 * rng.normal(size=(labels.size, d))
+    )
+    means = torch.from_numpy(np.stack([x, x], axis=1)).float()  # two identical layers
+    moments = TokenMoments(100, torch.zeros(2, d), torch.eye(d).repeat(2, 1, 1), torch.ones(2))
+    data = StudyData(
+        means=means,
+        labels=labels,
+        train=np.ones(labels.size, dtype=bool),
+        first_person=np.arange(labels.size) % 2 == 0,
+        topics=topics,
+        forms=forms,
+        fold=np.tile(np.arange(per_emotion) % TRAIN_FOLDS, n_emotions),
+        neutral={"neutral": moments},
+        emotions=[f"e{i}" for i in range(n_emotions)],
+        n_layers=2,
+    )
+    return data, emotion_dirs, topic_dirs, form_dir
+
+
+def test_topic_adjustment_and_form_projection_remove_planted_confounds() -> None:
+    from emolens.experiments.geometry_study import Variant, fit_variant, form_basis, topic_adjusted
+
+    plain, emotion_dirs, _, _ = synthetic_study_data(form_strength=0.0)
+    adjusted = topic_adjusted(plain.means, plain.labels, plain.topics, len(plain.emotions))[:, 0].numpy()
+    residual = adjusted - emotion_dirs[plain.labels]
+    residual -= residual.mean(axis=0)
+    assert np.abs(residual).max() < 0.6  # topic effects gone up to noise; raw topic effects reach ~10
+    data, _, _, form_dir = synthetic_study_data()
+    basis = form_basis(data.means, data.forms, data.labels, len(data.emotions))[0].numpy()  # d x feature
+    unit = form_dir / np.linalg.norm(form_dir)
+    assert np.linalg.norm(basis.T @ unit) > 0.95  # the planted form direction lies in the removed span
+    vectors, center = fit_variant(data, Variant("none", 0.0, form=True, topic=True), data.train)
+    assert vectors.shape == (2, 12, 32) and center.shape == (2, 32)
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2, 12), atol=1e-5)
+    assert np.abs(vectors[0].numpy() @ unit).max() < 0.01
+    unprojected, _ = fit_variant(data, Variant("none", 0.0, topic=True), data.train)
+    assert np.abs(unprojected[0].numpy() @ unit).max() > 0.1  # the confound was there before
+
+
+def test_train_cv_accuracy_and_choice_rule() -> None:
+    from emolens.experiments.geometry_study import RECIPE, Variant, choose, train_cv_accuracy
+
+    data, *_ = synthetic_study_data(form_strength=0.0)
+    clean = train_cv_accuracy(data, Variant("none", 0.0, topic=True))
+    confounded = train_cv_accuracy(data, Variant("none", 0.0))
+    assert clean.shape == (2,) and clean[0] > confounded[0] + 0.3  # topic effects hide the emotions
+    summaries = [
+        {"variant": RECIPE.name, "settings": {}, "per_layer": [{"layer": 1, "train_cv_top1": 0.5, "form_share": 0.4}]},
+        {"variant": "a", "settings": {}, "per_layer": [{"layer": 1, "train_cv_top1": 0.3, "form_share": 0.0}]},
+        {"variant": "b", "settings": {}, "per_layer": [{"layer": 1, "train_cv_top1": 0.495, "form_share": 0.1}]},
+    ]
+    assert choose(summaries, default_layer=1)["variant"] == "b"  # "a" is less form-driven but loses accuracy
+
+
+def test_pooled_moments_equal_moments_of_the_union() -> None:
+    from emolens.experiments.activation_cache import pool_moments
+    from emolens.extract import TokenMoments
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(50, 1, 4)) + 3, rng.normal(size=(80, 1, 4))
+
+    def moments(x: np.ndarray) -> TokenMoments:
+        cov = np.cov(x[:, 0].T)[None]
+        norm = np.linalg.norm(x, axis=-1).mean(axis=0)
+        return TokenMoments(
+            len(x), torch.tensor(x.mean(0)).float(), torch.tensor(cov).float(), torch.tensor(norm).float()
+        )
+
+    pooled, union = pool_moments([moments(a), moments(b)]), moments(np.concatenate([a, b]))
+    assert pooled.count == 130
+    assert torch.allclose(pooled.covariance, union.covariance, atol=1e-4)
+    assert torch.allclose(pooled.mean, union.mean, atol=1e-5) and torch.allclose(
+        pooled.mean_norm, union.mean_norm, atol=1e-5
+    )
