@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
+
+from helpers import check_estimate
 
 from emolens.experiments import feels
 from emolens.report.page import Page
-
-
-def check_estimate(estimate: dict) -> None:
-    assert set(estimate) == {"value", "low", "high", "n"}
-    assert all(math.isfinite(estimate[k]) for k in ("value", "low", "high"))
-    assert estimate["low"] - 1e-9 <= estimate["value"] <= estimate["high"] + 1e-9
 
 
 def test_feels_quick_on_tiny_model(tiny_model, tiny_vectors):

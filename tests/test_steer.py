@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import emolens
-from emolens.corpus import load_neutral, load_stories
+from emolens.corpus import load_neutral
 from emolens.extract import resid_hook
-from emolens.fit import fit_emotion_vectors
 from emolens.models import tiny_random_model
 from emolens.steer import TopPCs, ablation_hooks, neutral_reference, steering_hooks
 from emolens.vectors import EmotionVectors
@@ -18,12 +17,8 @@ PROMPT = "The package arrived on Tuesday and she"
 
 
 @pytest.fixture(scope="module")
-def vecs(tiny_model) -> EmotionVectors:
-    stories = [s for s in load_stories(split="train") if s.emotion in EMOTIONS]
-    picked = [s for e in EMOTIONS for s in [x for x in stories if x.emotion == e][:2]]
-    return fit_emotion_vectors(
-        tiny_model, stories=picked, neutral=load_neutral()[:6], emotions=EMOTIONS, window_start=20
-    )
+def vecs(tiny_vectors) -> EmotionVectors:
+    return tiny_vectors
 
 
 def resid_at(model, tokens, layer):

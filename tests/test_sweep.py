@@ -8,8 +8,6 @@ import pytest
 import torch
 
 import emolens
-from emolens.corpus import load_neutral, load_stories
-from emolens.fit import fit_emotion_vectors
 from emolens.jsonl_store import JsonlStore
 from emolens.sweep import sweep, target_token_ids
 from emolens.vectors import EmotionVectors
@@ -20,11 +18,8 @@ TARGETS = ["calm", "afraid"]
 
 
 @pytest.fixture(scope="module")
-def vecs(tiny_model) -> EmotionVectors:
-    stories = [s for s in load_stories(split="train") if s.emotion in EMOTIONS]
-    picked = [s for e in EMOTIONS for s in [x for x in stories if x.emotion == e][:2]]
-    neutral = load_neutral()[:6]
-    return fit_emotion_vectors(tiny_model, stories=picked, neutral=neutral, emotions=EMOTIONS, window_start=20)
+def vecs(tiny_vectors) -> EmotionVectors:
+    return tiny_vectors
 
 
 def naive_cell(model, vecs, emotion, layer, alpha, intervention, positions="all", control=None):
