@@ -20,6 +20,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "geometry",
     # act: where the directions change behaviour
     "feels",
+    "ablation",
 )
 
 PROFILES: dict[str, tuple[str, ...]] = {
