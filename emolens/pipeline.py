@@ -32,6 +32,7 @@ from emolens.files import atomic_write_text
 from emolens.fit import fit_emotion_vectors
 from emolens.models import load_model, model_identity, tiny_random_model
 from emolens.report.site import build_report
+from emolens.story_readings import story_readings
 from emolens.vectors import EmotionVectors
 
 TINY = "tiny"  # ``--model tiny``: the random test model with a small fit (smoke tests, the browser test)
@@ -273,9 +274,7 @@ def run_all(
 
     shared = {"model": identity, "vectors": vectors_hash, "data": data_digest(), "seed": seed}
     held_out = stories_for("validation", fit_settings(model_name))
-    stages = [
-        Stage("validation", validation_module, lambda: validation_module.validate(vectors, model, held_out).to_dict())
-    ]
+    stages = [Stage("validation", validation_module, lambda: _validation(model, vectors, held_out))]
     stages += [Stage(name, module, _experiment_call(module, model, vectors, profile, seed)) for name, module in modules]
     stages = [stage for stage in stages if not only or stage.name in only]
     for stage in stages:
@@ -355,6 +354,13 @@ def _run_stage(stage: Stage, path: Path, settings: dict[str, Any], outcome: RunO
         return f"FAILED: {outcome.failures[stage.name]}"
     outcome.stages.append({"name": stage.name, "status": "computed", "seconds": seconds})
     return f"done in {_clock(seconds)}"
+
+
+def _validation(model: HookedTransformer, vectors: EmotionVectors, held_out: list[Story] | None) -> dict[str, Any]:
+    """Held-out accuracy per layer, plus per-token readings of a few held-out stories for the report."""
+    stories = held_out if held_out is not None else load_stories(split="validation")
+    examples = story_readings(model, vectors, stories)
+    return {**validation_module.validate(vectors, model, held_out).to_dict(), "examples": examples}
 
 
 def _experiment_call(

@@ -108,7 +108,7 @@ def _overview(
     )
     page.heading("Headline numbers")
     if headline_rows:
-        page.table(["experiment", "measure", "this run (95% CI)", "the study"], headline_rows, left_columns=2)
+        page.table(["experiment", "measure", "this run (95% CI)", "the study"], headline_rows, left_columns=4)
     else:
         page.paragraph("No results yet.", css_class="note")
     figure = form_act_figure(results)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from emolens.report.page import Page
+from emolens.report.views import colored_tokens_multi
 
 
 def render(page: Page, data: dict[str, Any]) -> None:
@@ -53,16 +54,30 @@ def render(page: Page, data: dict[str, Any]) -> None:
 
     figure, axis = plt.subplots(figsize=(4, 3.5))
     image = axis.imshow(data["layer_cosine"], vmin=0, vmax=1, cmap="viridis")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("layer")
     axis.set_ylabel("layer")
     figure.colorbar(image)
     page.figure(figure, "Mean cosine between an emotion's vectors at two layers")
     plt.close(figure)
 
+    examples = data.get("examples", [])
+    if examples:
+        page.heading(f"Per-token readings of held-out stories (layer {examples[0]['layer']})", level=3)
+        page.paragraph(
+            "Each story's own emotion first, then the emotions with the highest mean reading over it; "
+            "pick one to colour the tokens (centred projection on the unit direction).",
+            css_class="note",
+        )
+        for example in examples:
+            colored_tokens_multi(
+                page, example["tokens"], example["readings"], title=f"story written for {example['emotion']!r}"
+            )
     page.heading(f"Clusters at layer {data['default_layer']} (k-means, k=10)", level=3)
-    page.table(["cluster", "members"], [(name, ", ".join(m)) for name, m in data["clusters"].items()])
+    page.table(["cluster", "members"], [(name, ", ".join(m)) for name, m in data["clusters"].items()], left_columns=2)
     page.heading(f"Logit lens at layer {data['default_layer']}", level=3)
-    page.table(["emotion", "top tokens"], [(e, " | ".join(t)) for e, t in data["logit_lens"].items()])
+    page.table(["emotion", "top tokens"], [(e, " | ".join(t)) for e, t in data["logit_lens"].items()], left_columns=2)
 
 
 def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
