@@ -35,8 +35,13 @@ def check_estimate(estimate: dict) -> None:
     assert estimate["low"] <= estimate["value"] <= estimate["high"]
 
 
-def test_run_quick_structure_and_finite(tiny_model, geometry_vectors) -> None:
-    data = geometry.run(tiny_model, geometry_vectors, profile="quick").to_dict()
+@pytest.fixture(scope="module")
+def geometry_data(tiny_model, geometry_vectors) -> dict:
+    return geometry.run(tiny_model, geometry_vectors, profile="quick").to_dict()
+
+
+def test_run_quick_structure_and_finite(geometry_data, geometry_vectors) -> None:
+    data = geometry_data
     json.dumps(data, allow_nan=False)
     assert data["emotions"] == EMOTIONS and data["n_rated"] == len(EMOTIONS)
     assert [g["layer"] for g in data["per_layer"]] == sorted(set(geometry_vectors.layers))
@@ -54,11 +59,11 @@ def test_run_quick_structure_and_finite(tiny_model, geometry_vectors) -> None:
     assert sorted(m for members in data["clusters"].values() for m in members) == sorted(EMOTIONS)
 
 
-def test_render_draws_without_recomputing(tiny_model, geometry_vectors) -> None:
+def test_render_draws_without_recomputing(geometry_data) -> None:
     from emolens.report.page import Page
 
     page = Page("geometry")
-    geometry.render(page, geometry.run(tiny_model, geometry_vectors, profile="quick").to_dict())
+    geometry.render(page, geometry_data)
     html = page.render()
     assert html.count("<img") == 2 and "PC1 val" in html
 

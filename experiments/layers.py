@@ -1,0 +1,4 @@
+from emolens.experiments.layers import main
+
+if __name__ == "__main__":
+    main()
