@@ -1,4 +1,4 @@
-"""Command line: ``emolens fit | score | run | corpus``.
+"""Command line: ``emolens fit | score | sweep | run | corpus``.
 
 Every command takes ``--model`` (a packaged model name, default gemma-3-270m) and
 ``--device``; errors print one line naming the fix and exit with status 2.
@@ -90,6 +90,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from emolens.models import load_model
+    from emolens.sweep import sweep, write_csv
+    from emolens.vectors import EmotionVectors
+
+    vectors = EmotionVectors.load(args.vectors)
+    model = load_model(
+        args.model or vectors.metadata.get("model", {}).get("model_name", DEFAULT_MODEL), device=args.device
+    )
+    out = Path(args.out)
+    rows = sweep(
+        model,
+        vectors,
+        _read_inputs(Path(args.prompts)),
+        args.emotions,
+        args.layers,
+        args.alphas,
+        targets=args.targets or [],
+        positions=args.positions,
+        intervention=args.intervention,
+        control=args.control,
+        seed=args.seed,
+        out=out / "sweep.jsonl",
+    )
+    csv_path = write_csv(rows, out / "sweep.csv")
+    print(f"{len(rows)} cells in {out / 'sweep.jsonl'} and {csv_path}")
+    return 0
+
+
 def _corpus(args: argparse.Namespace) -> int:
     from emolens.corpus import CorpusError, validate_corpus
 
@@ -159,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vectors", default=None, help="use this fitted vectors file instead of fitting into --out")
     run.add_argument("--seed", type=int, default=0)
     run.set_defaults(handler=_run)
+
+    sweep = sub.add_parser("sweep", help="layer x strength steering or ablation grid (resumable JSONL + CSV)")
+    sweep.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
+    sweep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    sweep.add_argument("--vectors", required=True)
+    sweep.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .jsonl with a 'text' field")
+    sweep.add_argument("--emotions", nargs="+", required=True)
+    sweep.add_argument("--layers", nargs="+", type=int, required=True)
+    sweep.add_argument("--alphas", nargs="+", type=float, required=True, help="strengths in mean-residual-norm units")
+    sweep.add_argument("--targets", nargs="*", default=[], help="words whose log P(' word') is measured")
+    sweep.add_argument("--positions", default="all", choices=["all", "last"])
+    sweep.add_argument("--intervention", default="steer", choices=["steer", "ablate"])
+    sweep.add_argument("--control", default=None, choices=["random"], help="random directions of equal norm")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--out", required=True, help="directory for sweep.jsonl (resumable) and sweep.csv")
+    sweep.set_defaults(handler=_sweep)
 
     corpus = sub.add_parser("corpus", help="validate or generate corpus files")
     corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)

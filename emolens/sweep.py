@@ -40,6 +40,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 from emolens.concepts import check_emotion
 from emolens.extract import resid_hook, tokenize
+from emolens.files import atomic_write_text
 from emolens.jsonl_store import JsonlStore, row_key
 from emolens.models import model_identity
 from emolens.steer import ablation_basis, check_alpha, check_control, intervention_layers, project_out, steering_vector
@@ -280,3 +281,19 @@ class _Runner:
 
 def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """One line per cell: the grid coordinates, ``kl`` and one ``logprob:WORD`` column per target."""
+    targets = sorted({word for row in rows for word in row["target_logprob"]})
+    header = ["emotion", "layer", "alpha", "positions", "intervention", "control", "n_prompts", "kl"]
+    lines = [",".join(header + [f"logprob:{word}" for word in targets])]
+    for row in rows:
+        values = [row[key] for key in header] + [row["target_logprob"].get(word) for word in targets]
+        lines.append(",".join(_csv_cell(value) for value in values))
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
