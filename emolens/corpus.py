@@ -1,10 +1,12 @@
 """The packaged corpora (stories, neutral text, prompt sets) and the validator for corpus files.
 
 Story files are JSON lines ``{"emotion", "topic_id", "person", "split", "text"}``; neutral
-files are JSON lines ``{"kind": "dialogue"|"expository", "topic", "text"}``. One function,
-:func:`validate_corpus`, checks either kind: schema, counts per emotion and split, lengths,
-forbidden words (the emotion word, words sharing its stem, listed synonyms), exact and
-near duplicates (word 5-gram shingle overlap).
+files are JSON lines ``{"kind": "dialogue"|"expository", "topic", "text"}``; neutral
+*narrative* files are JSON lines ``{"kind": "narrative", "topic_id", "person", "text"}``
+(emotionally flat paragraphs in the stories' form and topics). One function,
+:func:`validate_corpus`, checks any kind: schema, counts per emotion and split, lengths,
+forbidden words (the emotion word, words sharing its stem, listed synonyms; for neutral
+narratives those of all 171 concepts), exact and near duplicates (word 5-gram shingle overlap).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from emolens.concepts import emotions
 
 STORY_FIELDS = ("emotion", "topic_id", "person", "split", "text")
 NEUTRAL_FIELDS = ("kind", "topic", "text")
+NARRATIVE_FIELDS = ("kind", "topic_id", "person", "text")
+NARRATIVE_WORDS = (105, 151)
 STORY_WORDS = (60, 160)
 NEAR_DUPLICATE_JACCARD = 0.5
 
@@ -71,6 +75,11 @@ def load_neutral(path: str | Path | None = None) -> list[str]:
     return [row["text"] for row in read_jsonl(path or data_path("neutral.jsonl"))]
 
 
+def load_neutral_narrative(path: str | Path | None = None) -> list[str]:
+    """Texts of a neutral narrative file (default: the packaged emotionally flat story paragraphs)."""
+    return load_neutral(path or data_path("neutral_narrative.jsonl"))
+
+
 def topics() -> list[str]:
     """The 100 story premises; a story's ``topic_id`` indexes this list."""
     return [line for line in data_path("topics.txt").read_text().splitlines() if line.strip()]
@@ -89,25 +98,28 @@ def forbidden_patterns() -> dict[str, list[re.Pattern[str]]]:
 
 def validate_corpus(
     path: str | Path,
-    kind: Literal["stories", "neutral"] | None = None,
+    kind: Literal["stories", "neutral", "narrative"] | None = None,
     min_per_emotion: int = 12,
     min_validation: int = 2,
     all_emotions: bool = True,
 ) -> list[dict[str, Any]]:
     """Validate a corpus file and return its rows, or raise CorpusError listing every problem.
 
-    ``kind`` defaults to the file's fields (``emotion`` -> stories, ``kind`` -> neutral).
+    ``kind`` defaults to the file's fields (``emotion`` -> stories, ``kind: narrative`` ->
+    narrative, other ``kind`` -> neutral).
     For stories, ``all_emotions`` requires every one of the 171 concepts to be present.
     """
     rows = read_jsonl(path)
     if not rows:
         raise CorpusError(f"{path}: empty corpus file; it needs at least one JSON line")
-    kind = kind or ("stories" if "emotion" in rows[0] else "neutral")
-    problems = (
-        _story_problems(rows, min_per_emotion, min_validation, all_emotions)
-        if kind == "stories"
-        else _neutral_problems(rows)
-    )
+    if kind is None:
+        kind = "stories" if "emotion" in rows[0] else "narrative" if rows[0].get("kind") == "narrative" else "neutral"
+    if kind == "stories":
+        problems = _story_problems(rows, min_per_emotion, min_validation, all_emotions)
+    elif kind == "narrative":
+        problems = _narrative_problems(rows)
+    else:
+        problems = _neutral_problems(rows)
     problems += _duplicate_problems([str(row.get("text", "")) for row in rows])
     if problems:
         shown = "\n  ".join(problems[:50])
@@ -189,6 +201,39 @@ def _neutral_problems(rows: list[dict[str, Any]]) -> list[str]:
         if match := _EMOTIONAL_WORDS.search(text.lower()):
             problems.append(f"line {number}: emotional word {match.group(0)!r} in neutral text")
     return problems
+
+
+def narrative_row_problems(row: dict[str, Any]) -> list[str]:
+    """What is wrong with one neutral narrative row (schema, length, paragraph, person, any emotion word)."""
+    missing = [f for f in NARRATIVE_FIELDS if f not in row]
+    if missing:
+        return [f"missing field(s) {', '.join(missing)}"]
+    text, problems = str(row["text"]), []
+    if row["kind"] != "narrative":
+        problems.append("kind must be narrative")
+    if not isinstance(row["topic_id"], int) or not 0 <= row["topic_id"] < len(topics()):
+        problems.append(f"topic_id must be an int line index of topics.txt (0-{len(topics()) - 1})")
+    if row["person"] not in ("first", "third"):
+        problems.append("person must be first|third")
+    words = len(text.split())
+    if not NARRATIVE_WORDS[0] <= words <= NARRATIVE_WORDS[1]:
+        problems.append(f"{words} words; neutral narratives need {NARRATIVE_WORDS[0]}-{NARRATIVE_WORDS[1]}")
+    if "\n" in text:
+        problems.append("a narrative is one paragraph (no newlines)")
+    lowered = text.lower()
+    for emotion, patterns in forbidden_patterns().items():
+        for pattern in patterns:
+            if match := pattern.search(lowered):
+                problems.append(f"names the emotion {emotion!r} with {match.group(0)!r}")
+    if match := _EMOTIONAL_WORDS.search(lowered):
+        problems.append(f"emotional word {match.group(0)!r} in neutral text")
+    return problems
+
+
+def _narrative_problems(rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"line {number}: {problem}" for number, row in enumerate(rows, 1) for problem in narrative_row_problems(row)
+    ]
 
 
 def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
