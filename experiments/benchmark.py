@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from experiments.bench_interventions import bench_generate, bench_sweep
+
 PACKAGED = ["gemma-3-270m", "smollm2-135m-instruct"]
 OUT = Path("runs/bench")
 
@@ -39,6 +41,8 @@ print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1}}))
 _FIT_PROBE = """
 import json
 from pathlib import Path
+
+from experiments.bench_interventions import bench_generate, bench_sweep
 from emolens.corpus import load_neutral, load_stories
 from emolens.fit import fit_emotion_vectors
 from emolens.models import load_model
@@ -160,7 +164,9 @@ def _table(rows: list[object]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("what", nargs="?", default="all", choices=["load", "throughput", "memory", "all"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["load", "throughput", "memory", "sweep", "generate", "all"]
+    )
     parser.add_argument("--models", nargs="+", default=PACKAGED)
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         "load": bench_load,
         "throughput": bench_throughput,
         "memory": bench_memory,
+        "sweep": bench_sweep,
+        "generate": bench_generate,
     }
     for what, bench in benches.items():
         if args.what not in (what, "all"):
