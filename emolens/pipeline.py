@@ -41,6 +41,11 @@ TINY_EMOTIONS = (
     *("hostile", "joyful", "loving", "nervous", "proud", "sad"),
 )
 FIT_SETTINGS: dict[str, Any] = {"method": "mean_diff", "denoise_variance": 0.5, "window_start": 50, "emotions": "all"}
+QUICK_EMOTIONS = (  # the quick profile's fit on a packaged model: covers every experiment's emotion list
+    *("happy", "excited", "proud", "loving", "calm", "surprised", "sad", "afraid", "angry", "ashamed", "bored"),
+    *("nervous", "desperate", "blissful", "hostile", "joyful", "content", "anxious", "guilty", "grateful"),
+    *("lonely", "hopeful", "frustrated", "peaceful"),
+)
 TINY_FIT_SETTINGS: dict[str, Any] = {
     **FIT_SETTINGS,
     "window_start": 20,
@@ -65,9 +70,17 @@ def load(model_name: str, device: str | None = None) -> HookedTransformer:
     return tiny_random_model(seed=0) if model_name == TINY else load_model(model_name, device=device)
 
 
-def fit_settings(model_name: str) -> dict[str, Any]:
-    """The fit a run uses: the study's recipe on the packaged corpus, or a small one for the tiny model."""
-    return dict(TINY_FIT_SETTINGS if model_name == TINY else FIT_SETTINGS)
+def fit_settings(model_name: str, profile: str = "cpu") -> dict[str, Any]:
+    """The fit a run makes: the study's recipe on the packaged corpus (``quick``: 24 emotions), or a tiny one."""
+    if model_name == TINY:
+        return dict(TINY_FIT_SETTINGS)
+    return {**FIT_SETTINGS, "emotions": list(QUICK_EMOTIONS)} if profile == "quick" else dict(FIT_SETTINGS)
+
+
+def reusable_settings(model_name: str, profile: str = "cpu") -> list[dict[str, Any]]:
+    """Fit settings whose vectors serve this run: its own, and for ``quick`` also a full fit (a superset)."""
+    own = fit_settings(model_name, profile)
+    return [own] if own == fit_settings(model_name) else [own, fit_settings(model_name)]
 
 
 def file_digest(*paths: Path) -> str:
@@ -87,6 +100,11 @@ def data_digest() -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def corpus_digest() -> str:
+    """SHA-256 of the fitting corpus (packaged stories and neutral texts): vectors depend on nothing else."""
+    return file_digest(data_path("stories.jsonl"), data_path("neutral.jsonl"))
 
 
 def code_digest(module: ModuleType) -> str:
@@ -127,15 +145,15 @@ def write_result(path: Path, data: dict[str, Any], stage: dict[str, Any]) -> Non
     atomic_write_text(path, text)
 
 
-def vectors_mismatch(vectors: EmotionVectors, model: HookedTransformer, settings: dict[str, Any]) -> str | None:
+def vectors_mismatch(vectors: EmotionVectors, model: HookedTransformer, accepted: list[dict[str, Any]]) -> str | None:
     """Why ``vectors`` cannot be reused for this run (model, corpus or fit settings differ), or ``None``."""
     try:
         vectors.check_model(model)
     except ValueError as err:
         return str(err)
-    if vectors.metadata.get("fit_settings") != settings:
-        return f"fit settings {vectors.metadata.get('fit_settings')} differ from this run's {settings}"
-    if vectors.metadata.get("corpus_sha256") != data_digest():
+    if vectors.metadata.get("fit_settings") not in accepted:
+        return f"fit settings {vectors.metadata.get('fit_settings')} differ from this run's {accepted[0]}"
+    if vectors.metadata.get("corpus_sha256") != corpus_digest():
         return "the packaged corpus changed since these vectors were fitted (or they carry no corpus hash)"
     return None
 
@@ -174,7 +192,7 @@ def fit_vectors(model: HookedTransformer, settings: dict[str, Any]) -> EmotionVe
     )
     vectors.metadata.update(
         fit_settings=settings,
-        corpus_sha256=data_digest(),
+        corpus_sha256=corpus_digest(),
         fit_seconds=round(time.perf_counter() - started, 1),
         torch_threads=torch.get_num_threads(),
     )
@@ -182,7 +200,7 @@ def fit_vectors(model: HookedTransformer, settings: dict[str, Any]) -> EmotionVe
 
 
 def fitted_or_fit(
-    model: HookedTransformer, model_name: str, out: Path, vectors_path: Path | None = None
+    model: HookedTransformer, model_name: str, out: Path, vectors_path: Path | None = None, profile: str = "cpu"
 ) -> tuple[EmotionVectors, str]:
     """Vectors for this run and how they were obtained ("reused ..." or "fitted").
 
@@ -190,10 +208,10 @@ def fitted_or_fit(
     ``OUT/vectors.safetensors`` is reused when it matches and refitted when it is
     missing, corrupt or stale.
     """
-    settings = fit_settings(model_name)
+    accepted = reusable_settings(model_name, profile)
     if vectors_path is not None:
         vectors = EmotionVectors.load(vectors_path)
-        reason = vectors_mismatch(vectors, model, settings)
+        reason = vectors_mismatch(vectors, model, accepted)
         if reason:
             raise ValueError(f"{vectors_path} cannot be used: {reason}; drop --vectors to fit")
         return vectors, f"reused {vectors_path}"
@@ -201,13 +219,13 @@ def fitted_or_fit(
     if path.exists():
         try:
             vectors = EmotionVectors.load(path)
-            reason = vectors_mismatch(vectors, model, settings)
+            reason = vectors_mismatch(vectors, model, accepted)
         except (ValueError, FileNotFoundError, KeyError) as err:
             reason = f"unreadable ({err})"
         if reason is None:
             return vectors, f"reused {path}"
         print(f"refitting {path}: {reason}")
-    vectors = fit_vectors(model, settings)
+    vectors = fit_vectors(model, accepted[0])
     vectors.save(path)
     return vectors, "fitted"
 
@@ -263,7 +281,7 @@ def run_all(
 
     fit_started = time.perf_counter()
     print("[fit] checking for reusable vectors")
-    vectors, how = fitted_or_fit(model, model_name, out, vectors_path)
+    vectors, how = fitted_or_fit(model, model_name, out, vectors_path, profile)
     vectors_file = Path(vectors_path) if vectors_path else out / "vectors.safetensors"
     vectors_hash = file_digest(vectors_file, vectors_file.with_suffix(".json"))
     fit_seconds = time.perf_counter() - fit_started

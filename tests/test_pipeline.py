@@ -169,3 +169,13 @@ def test_code_digest_follows_imported_emolens_modules() -> None:
 
     assert pipeline.code_digest(validation) != pipeline.code_digest(pipeline)
     assert pipeline.code_digest(validation) == pipeline.code_digest(validation)
+
+
+def test_quick_profile_fits_fewer_emotions_and_reuses_a_full_fit() -> None:
+    from emolens.concepts import check_emotion
+
+    quick = pipeline.fit_settings("gemma-3-270m", "quick")
+    assert quick["emotions"] == [check_emotion(e) for e in pipeline.QUICK_EMOTIONS]
+    assert pipeline.reusable_settings("gemma-3-270m", "quick") == [quick, pipeline.FIT_SETTINGS]
+    assert pipeline.reusable_settings("gemma-3-270m", "cpu") == [pipeline.FIT_SETTINGS]
+    assert pipeline.reusable_settings(pipeline.TINY, "quick") == [pipeline.TINY_FIT_SETTINGS]
