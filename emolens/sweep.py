@@ -23,9 +23,10 @@ only missing cells, and a changed setting never reuses a stale row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from emolens.vectors import EmotionVectors
 SWEEP_VERSION = 1
 INTERVENTIONS = ("steer", "ablate")
 SWEEP_POSITIONS = ("all", "last")
+EXECUTORS = ("local", "ray")
 ROW_BUDGET = 256  # rows (cells x prompts) per batched forward
 
 
@@ -114,6 +116,18 @@ def vectors_fingerprint(vecs: EmotionVectors) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything shared by the cells of one sweep (small and picklable: it travels to Ray workers)."""
+
+    prompts: tuple[str, ...]
+    targets: tuple[str, ...]
+    intervention: str
+    positions: str
+    control: str | None
+    seed: int
+
+
 def sweep(
     model: HookedTransformer,
     vecs: EmotionVectors,
@@ -128,6 +142,10 @@ def sweep(
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    model_factory: Callable[[], HookedTransformer] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every (emotion, layer, alpha) cell; returns one row per cell in grid order.
 
@@ -136,12 +154,17 @@ def sweep(
     ``positions``: ``"all"`` prompt tokens or each prompt's ``"last"`` token.
     ``control="random"``: seeded random directions of the same norm (or random
     bases of the same rank) in place of the emotions'.
+    ``executor="ray"`` maps the cells over a Ray cluster (``address``; ``workers`` actors,
+    each loading the model once with ``model_factory``, by default the packaged model of
+    the same name); rows stream back and only this process writes ``out``.
     """
     vecs.check_model(model)
     if intervention not in INTERVENTIONS:
         raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
     if positions not in SWEEP_POSITIONS:
         raise ValueError(f"sweep positions must be one of {SWEEP_POSITIONS} (prompts only), got {positions!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     check_control(control)
     if not prompts:
         raise ValueError("no prompts given; pass at least one prompt")
@@ -150,8 +173,8 @@ def sweep(
     strengths = [check_alpha(a) for a in alphas]
     if not names or not strengths:
         raise ValueError("a sweep needs at least one emotion and one alpha")
-    batch = prompt_batch(model, prompts)
-    target_ids = target_token_ids(model, targets)
+    spec = SweepSpec(tuple(prompts), tuple(targets), intervention, positions, control, seed)
+    target_token_ids(model, targets)  # fail early on an empty target
     shared = {
         "version": SWEEP_VERSION,
         "model": model_identity(model),
@@ -173,42 +196,57 @@ def sweep(
     todo = [cell for cell in cells if store is None or cell.key not in store]
     computed: dict[str, dict[str, Any]] = {}
     if todo:
-        runner = _Runner(model, vecs, batch, target_ids, list(targets), intervention, positions, control, seed)
-        runner.cache_layers(sorted({cell.layer for cell in todo}))
-        bar = tqdm(total=len(todo), desc="sweep cells", unit="cell", disable=not progress)
-        for layer in sorted({cell.layer for cell in todo}):
-            layer_cells = [cell for cell in todo if cell.layer == layer]
-            for row in runner.run_layer(layer, layer_cells):
+        if executor == "ray":
+            from emolens.sweep_ray import run_on_ray
+
+            rows = run_on_ray(model_factory or packaged_factory(model), vecs, spec, todo, address, workers)
+        else:
+            rows = run_local(model, vecs, spec, todo)
+        with tqdm(total=len(todo), desc="sweep cells", unit="cell", disable=not progress) as bar:
+            for row in rows:
                 if store is not None:
                     store.append(row)
                 computed[row["key"]] = row
                 bar.update(1)
-        bar.close()
     done = {**(store.rows if store is not None else {}), **computed}
     return [done[cell.key] for cell in cells]
 
 
-class _Runner:
+def packaged_factory(model: HookedTransformer) -> Callable[[], HookedTransformer]:
+    """A picklable loader of the same packaged model, for workers in other processes."""
+    from emolens.models import PACKAGED_MODELS, load_model
+
+    name = str(model_identity(model).get("model_name"))
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"{name!r} is not a packaged model; pass model_factory=<callable returning the model>")
+    return functools.partial(load_model, name, device=str(model.cfg.device))
+
+
+def run_local(
+    model: HookedTransformer, vecs: EmotionVectors, spec: SweepSpec, cells: list[Cell]
+) -> Iterator[dict[str, Any]]:
+    """The in-process executor: one runner, layers in order."""
+    runner = CellRunner(model, vecs, spec)
+    layers = sorted({cell.layer for cell in cells})
+    runner.cache_layers(layers)
+    for layer in layers:
+        yield from runner.run_layer(layer, [cell for cell in cells if cell.layer == layer])
+
+
+class CellRunner:
     """Shares the unsteered pass across cells and batches cells per layer."""
 
-    def __init__(
-        self,
-        model: HookedTransformer,
-        vecs: EmotionVectors,
-        batch: PromptBatch,
-        target_ids: list[int],
-        targets: list[str],
-        intervention: str,
-        positions: str,
-        control: str | None,
-        seed: int,
-    ) -> None:
-        self.model, self.vecs, self.batch = model, vecs, batch
-        self.target_ids, self.targets = target_ids, targets
-        self.intervention, self.positions, self.control, self.seed = intervention, positions, control, seed
-        self.device = torch.device(model.cfg.device or "cpu")
-        self.tokens = batch.tokens.to(self.device)
-        self.last = batch.last.to(self.device)
+    def __init__(self, model: HookedTransformer, vecs: EmotionVectors, spec: SweepSpec) -> None:
+        self.model, self.vecs, self.spec = model, vecs, spec
+        self.targets = list(spec.targets)
+        self.target_ids = target_token_ids(model, spec.targets)
+        self.intervention, self.positions, self.control, self.seed = (
+            spec.intervention, spec.positions, spec.control, spec.seed
+        )  # fmt: skip
+        batch = prompt_batch(model, spec.prompts)
+        device = torch.device(model.cfg.device or "cpu")
+        self.tokens = batch.tokens.to(device)
+        self.last = batch.last.to(device)
         self.resid: dict[int, Tensor] = {}
         self.base_logprobs: Tensor | None = None
 
