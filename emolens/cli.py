@@ -1,4 +1,4 @@
-"""Command line: ``emolens fit | score | sweep | run | corpus``.
+"""Command line: ``emolens fit | score | sweep | run | monitor | corpus``.
 
 Every command takes ``--model`` (a packaged model name, default gemma-3-270m) and
 ``--device``; errors print one line naming the fix and exit with status 2.
@@ -113,9 +113,31 @@ def _sweep(args: argparse.Namespace) -> int:
         control=args.control,
         seed=args.seed,
         out=out / "sweep.jsonl",
+        executor=args.executor,
+        address=args.address,
+        workers=args.workers,
     )
     csv_path = write_csv(rows, out / "sweep.csv")
     print(f"{len(rows)} cells in {out / 'sweep.jsonl'} and {csv_path}")
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from emolens.models import load_model
+    from emolens.monitor import format_reading, monitor, write_html
+    from emolens.vectors import EmotionVectors
+
+    vectors = EmotionVectors.load(args.vectors)
+    model = load_model(args.model, device=args.device)
+    readings = []
+    options = {"emotions": args.emotions, "layer": args.layer, "top": args.top, "calibrated": not args.raw}
+    for reading in monitor(model, vectors, args.prompt, args.max_new_tokens, **options):
+        readings.append(reading)
+        if reading.generated:
+            print(format_reading(reading), flush=True)
+    print("text: " + "".join(r.token for r in readings if r.generated))
+    if args.html:
+        print(f"wrote {write_html(args.html, readings, args.emotions)}")
     return 0
 
 
@@ -203,7 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--control", default=None, choices=["random"], help="random directions of equal norm")
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--out", required=True, help="directory for sweep.jsonl (resumable) and sweep.csv")
+    sweep.add_argument("--executor", default="local", choices=["local", "ray"], help="ray: pip install 'emolens[ray]'")
+    sweep.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    sweep.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per CPU)")
     sweep.set_defaults(handler=_sweep)
+
+    monitor = sub.add_parser("monitor", help="generate text and show each token's top emotion readings live")
+    common(monitor)
+    monitor.add_argument("--vectors", required=True)
+    monitor.add_argument("prompt")
+    monitor.add_argument("--max-new-tokens", type=int, default=32)
+    monitor.add_argument("--emotions", nargs="+", default=None, help="readings to keep (default: all fitted)")
+    monitor.add_argument("--layer", type=int, default=None, help="default: the vectors' default layer")
+    monitor.add_argument("--top", type=int, default=5)
+    monitor.add_argument("--html", default=None, help="also write a page of coloured tokens (circuitsvis)")
+    monitor.add_argument("--raw", action="store_true", help="raw projections instead of calibrated readings")
+    monitor.set_defaults(handler=_monitor)
 
     corpus = sub.add_parser("corpus", help="validate or generate corpus files")
     corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
