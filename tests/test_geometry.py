@@ -59,6 +59,11 @@ def test_run_quick_structure_and_finite(geometry_data, geometry_vectors) -> None
     assert sorted(m for members in data["clusters"].values() for m in members) == sorted(EMOTIONS)
 
 
+def test_headlines(geometry_data) -> None:
+    rows = geometry.headlines(geometry_data)
+    assert [r[2] for r in rows] == ["0.81", "0.66", ""] and all("[" in r[1] for r in rows)
+
+
 def test_render_draws_without_recomputing(geometry_data) -> None:
     from emolens.report.page import Page
 
@@ -221,3 +226,38 @@ def test_pooled_moments_equal_moments_of_the_union() -> None:
     assert torch.allclose(pooled.mean, union.mean, atol=1e-5) and torch.allclose(
         pooled.mean_norm, union.mean_norm, atol=1e-5
     )
+
+
+def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
+    """The whole study on random activations of the packaged stories' shape: structure and the recipe baseline."""
+    from safetensors.torch import save_file
+
+    from emolens.corpus import data_path
+    from emolens.experiments.activation_cache import file_digest
+    from emolens.experiments.geometry_study import RECIPE, Variant, run_study
+
+    generator = torch.Generator().manual_seed(0)
+    n_stories, n_layers, d = len(load_stories()), 3, 16
+    save_file(
+        {"means": torch.randn(n_stories, n_layers, d, generator=generator)}, str(tmp_path / "story_means.safetensors")
+    )
+    (tmp_path / "story_means.json").write_text(json.dumps({"stories_sha256": file_digest(data_path("stories.jsonl"))}))
+    tokens = torch.randn(500, d, generator=generator) * torch.linspace(3, 0.1, d)
+    moments = {
+        "mean": tokens.mean(0).repeat(n_layers, 1),
+        "covariance": torch.cov(tokens.T).repeat(n_layers, 1, 1),
+        "mean_norm": torch.ones(n_layers),
+        "count": torch.tensor([500]),
+    }
+    save_file(moments, str(tmp_path / "neutral_neutral.safetensors"))
+    (tmp_path / "neutral_neutral.json").write_text(json.dumps({"sha256": file_digest(data_path("neutral.jsonl"))}))
+    variants = [RECIPE, Variant("narrative", 0.5), Variant("none", 0.0, form=True, topic=True, balance=True)]
+    result = run_study(tmp_path, ["neutral"], variants=variants)
+    json.dumps(result, allow_nan=False)
+    names = [v["variant"] for v in result["variants"]]
+    assert names == [RECIPE.name, "no-denoise+form+topic+balance"]  # the uncached narrative set is skipped
+    assert result["chosen"] in names
+    assert len(result["before"]["per_layer"]) == n_layers == len(result["form"]["per_layer"])
+    for row in result["after"]["per_layer"]:
+        check_estimate(row["validation_top1"])
+        assert row["validation_top1"]["value"] < 0.1  # random activations: near chance (1/171)

@@ -64,9 +64,10 @@ def test_suffix_is_really_shared_and_readings_match_read(tiny_model, layer_vecto
     n = layers.shared_suffix_length(tiny_model, texts)
     assert n >= len(item.suffix.encode()) - 1  # byte tokens: the whole clause (the comma's byte may merge)
     readings = layers.suffix_readings(tiny_model, layer_vectors, texts, [n] * 4)
-    reference = layer_vectors.read(tiny_model, texts[0], layer=layer_vectors.default_layer)[-n:]
-    row = layer_vectors.layer_index(None)
-    assert torch.allclose(readings[0][row], reference, atol=1e-4)
+    layer = layer_vectors.default_layer
+    _, cache = tiny_model.run_with_cache(tiny_model.to_tokens(texts[0]), names_filter=f"blocks.{layer}.hook_resid_post")
+    reference = layer_vectors.project(cache[f"blocks.{layer}.hook_resid_post"][0, -n:], layer)
+    assert torch.allclose(readings[0][layer_vectors.layer_index(layer)], reference, atol=1e-4)
 
 
 def test_every_item_has_four_distinct_openings() -> None:
@@ -82,3 +83,8 @@ def test_linear_cka_properties() -> None:
     rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=generator))
     assert layers.linear_cka(x, x @ rotation * 3) == pytest.approx(1.0, abs=1e-6)  # invariant to rotation and scale
     assert layers.linear_cka(x, torch.randn(30, 8, generator=generator)) < 0.6
+
+
+def test_headlines(layers_data) -> None:
+    rows = layers.headlines(layers_data)
+    assert len(rows) == 2 and all(len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)

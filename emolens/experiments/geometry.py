@@ -283,6 +283,17 @@ def render(page: Any, data: dict[str, Any]) -> None:
         plt.close(figure)
 
 
+def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Index-page rows at the default layer: PC1-valence, PC2-arousal, cross-validated valence axis."""
+    row = next(r for r in data["per_layer"] if r["layer"] == data["default_layer"])
+    layer = data["default_layer"]
+    return [
+        (f"PC1 vs human valence, r (layer {layer})", _fmt(row["correlations"]["PC1"]["valence"]["pearson"]), "0.81"),
+        (f"PC2 vs human arousal, r (layer {layer})", _fmt(row["correlations"]["PC2"]["arousal"]["pearson"]), "0.66"),
+        (f"valence, cross-validated ridge axis r (layer {layer})", _fmt(row["cv_axes"]["valence"]), ""),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m experiments.geometry --model NAME [--vectors F] [--profile P] [--out DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -121,10 +121,13 @@ def load_study_data(cache: Path, neutral_sets: list[str]) -> StudyData:
 
 def _group_mean(x: Float[Tensor, "story layer d_model"], groups: np.ndarray, n_groups: int) -> Tensor:
     """``group x layer x d_model`` mean of the stories in each group (zero for an empty group)."""
-    index = torch.from_numpy(groups).long()
-    sums = torch.zeros(n_groups, *x.shape[1:], dtype=x.dtype).index_add_(0, index, x)
-    counts = torch.zeros(n_groups, dtype=x.dtype).index_add_(0, index, torch.ones(len(groups), dtype=x.dtype))
-    return sums / einops.rearrange(counts.clamp(min=1), "group -> group 1 1")
+    rows = torch.from_numpy(np.asarray(groups)).long()
+    indices = torch.stack([rows, torch.arange(len(rows))])
+    counts = torch.bincount(rows, minlength=n_groups).clamp(min=1).to(x.dtype)
+    weights = torch.sparse_coo_tensor(indices, 1 / counts[rows], (n_groups, len(rows)), check_invariants=True)
+    flat = einops.rearrange(x, "story layer d -> story (layer d)")
+    means = torch.sparse.mm(weights, flat)
+    return einops.rearrange(means, "group (layer d) -> group layer d", layer=x.shape[1])
 
 
 def topic_adjusted(
@@ -316,10 +319,13 @@ VARIANTS = [
 ]
 
 
-def run_study(cache: Path, neutral_sets: list[str], seed: int = 0) -> dict[str, Any]:
+def run_study(
+    cache: Path, neutral_sets: list[str], seed: int = 0, variants: list[Variant] | None = None
+) -> dict[str, Any]:
+    """Summaries of every variant (default :data:`VARIANTS` whose neutral set is cached), the choice, before/after."""
     data = load_study_data(cache, neutral_sets)
     default_layer = default_layer_for(data.n_layers)
-    variants = [v for v in VARIANTS if v.neutral in {"none", *data.neutral}]
+    variants = [v for v in (variants or VARIANTS) if v.neutral in {"none", *data.neutral}]
     layers = list(range(data.n_layers))
     summaries = [summarise_variant(data, v, layers) for v in tqdm(variants, desc="variants", unit="variant")]
     chosen = choose(summaries, default_layer)

@@ -115,9 +115,8 @@ def suffix_readings(
     """Per text, the readings of its last ``n_suffix[i]`` tokens at every fitted layer (no logits)."""
     out: list[Tensor | None] = [None] * len(texts)
     for batch, resid in stream_resid(model, texts, vecs.layers, window_start=0):
-        lengths = batch.window.sum(dim=1).tolist()
         for row, text_index in enumerate(batch.indices):
-            end = int(lengths[row])
+            end = int(batch.lengths[row])
             tokens = resid[:, row, end - n_suffix[text_index] : end]
             out[text_index] = torch.stack([vecs.project(tokens[i], layer) for i, layer in enumerate(vecs.layers)]).cpu()
     return [t for t in out if t is not None]
@@ -146,6 +145,7 @@ def geometry_similarity(vecs: EmotionVectors) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class LayersResult:
     layers: list[int]
+    default_layer: int
     cka: list[list[float]]
     cosine_correlation: list[list[float]]
     items: list[dict[str, Any]]
@@ -213,6 +213,7 @@ def run(
     cka, cosine_correlation = geometry_similarity(vecs)
     return LayersResult(
         layers=list(vecs.layers),
+        default_layer=vecs.default_layer,
         cka=np.round(cka, 4).tolist(),
         cosine_correlation=np.round(cosine_correlation, 4).tolist(),
         items=[{**asdict(item), "shared_tokens": n} for item, n in zip(items, shared, strict=True)],
@@ -276,6 +277,18 @@ def render(page: Any, data: dict[str, Any]) -> None:
             for i in data["items"]
         ],
     )
+
+
+def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Index-page rows: where earlier emotional context first reaches later tokens."""
+    row = next(r for r in data["per_layer"] if r["layer"] == data["default_layer"])
+    alignment = row["valence_alignment"]
+    return [
+        ("first layer where an emotional earlier clause moves later readings more than a neutral one",
+         str(data["first_divergent_layer"]), ""),
+        (f"r(reading shift, human valence) on later tokens (layer {data['default_layer']})",
+         f"{alignment['value']:+.2f} [{alignment['low']:+.2f}, {alignment['high']:+.2f}]", ""),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
