@@ -32,7 +32,7 @@ from transformer_lens import HookedTransformer
 from emolens.concepts import norms
 from emolens.corpus import load_stories
 from emolens.experiments.feels import EMOTIONS, dominance, feel_prompts, fmt
-from emolens.experiments.runner import experiment_main
+from emolens.experiments.runner import evenly_spaced, experiment_main
 from emolens.extract import batches, resid_hook
 from emolens.report.page import Page
 from emolens.stats import Estimate, bootstrap, mean_ci
@@ -41,10 +41,10 @@ from emolens.sweep import sweep
 from emolens.vectors import EmotionVectors
 
 CONDITIONS = ("emotion", "emotion_random", "valence", "valence_random")
-SIZES: dict[str, dict[str, int]] = {
-    "quick": {"emotions": 3, "layer_stride": 2, "prompts": 4},
-    "cpu": {"emotions": 12, "layer_stride": 1, "prompts": 12},
-    "full": {"emotions": 12, "layer_stride": 1, "prompts": 12},
+SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every layer); prompts: report prompts
+    "quick": {"emotions": 3, "layers": 2, "prompts": 3},
+    "cpu": {"emotions": 12, "layers": 9, "prompts": 8},
+    "full": {"emotions": 12, "layers": None, "prompts": 12},
 }
 
 
@@ -170,7 +170,7 @@ def run(model: HookedTransformer, vecs: EmotionVectors, profile: str = "cpu", se
     emotions = [e for e in EMOTIONS if e in vecs.emotions][: size["emotions"]]
     if len(emotions) < 2:
         raise ValueError("ablation needs at least 2 fitted emotions among the feels set")
-    layers = vecs.layers[:-1][:: size["layer_stride"]]
+    layers = evenly_spaced(vecs.layers[:-1], size["layers"])
     drops, labels = reading_drops(model, vecs, layers, emotions, seed)
     _, report = feel_prompts(size["prompts"])
     common: dict[str, Any] = {"emotions": emotions, "layers": layers, "alphas": [1.0], "targets": emotions}

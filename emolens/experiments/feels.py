@@ -26,7 +26,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from emolens.corpus import data_path, load_neutral, read_jsonl
-from emolens.experiments.runner import experiment_main
+from emolens.experiments.runner import evenly_spaced, experiment_main
 from emolens.report.page import Page
 from emolens.report.views import side_by_side
 from emolens.stats import mean_ci
@@ -51,19 +51,29 @@ EMOTIONS = (
 KL_LIMIT = 1.0  # nats, mean over neutral snippets: beyond this the model's next-token behaviour has broken
 COHERENCE_EMOTIONS = 3
 
-SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"emotions": 3, "layer_stride": 2, "alphas": (0.5, 2.0), "prompts": 4, "neutral": 3, "new_tokens": 6},
+SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every layer); prompts: per split
+    "quick": {
+        "emotions": 3,
+        "controls": 2,
+        "layers": 2,
+        "alphas": (0.5, 2.0),
+        "prompts": 3,
+        "neutral": 3,
+        "new_tokens": 6,
+    },
     "cpu": {
         "emotions": 12,
-        "layer_stride": 1,
+        "controls": 4,
+        "layers": 9,
         "alphas": (0.1, 0.25, 0.5, 1.0),
-        "prompts": 12,
+        "prompts": 8,
         "neutral": 6,
         "new_tokens": 24,
     },
     "full": {
         "emotions": 12,
-        "layer_stride": 1,
+        "controls": 12,
+        "layers": None,
         "alphas": (0.05, 0.1, 0.25, 0.5, 1.0),
         "prompts": 12,
         "neutral": 16,
@@ -127,7 +137,7 @@ def run(
     names = emotions or [e for e in EMOTIONS if e in vecs.emotions][: size["emotions"]]
     if len(names) < 2:
         raise ValueError("feels needs at least 2 fitted emotions; fit vectors with more emotions")
-    layers = vecs.layers[:: size["layer_stride"]]
+    layers = evenly_spaced(vecs.layers, size["layers"])
     signed = sorted({*size["alphas"], *(-a for a in size["alphas"])})
     select, report = feel_prompts(size["prompts"])
     prompts = select + report
@@ -139,7 +149,7 @@ def run(
         "targets": names,
     }
     steered = sweep(model, vecs, **common)
-    control = sweep(model, vecs, control="random", seed=seed, **common)
+    control = sweep(model, vecs, control="random", seed=seed, **{**common, "emotions": names[: size["controls"]]})
     (baseline,) = sweep(model, vecs, prompts, names[:1], layers[:1], [0.0], targets=names, progress=False)
     base = {w: np.asarray(baseline["target_logprob_by_prompt"][w]) for w in names}
     n_select = len(select)

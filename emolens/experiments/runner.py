@@ -57,3 +57,12 @@ def experiment_main(name: str, run: Runner, argv: Sequence[str] | None = None, d
         return 2
     print(f"{name}: wrote {path} ({data['seconds']} s)")
     return 0
+
+
+def evenly_spaced(layers: Sequence[int], count: int | None) -> list[int]:
+    """``count`` layers spread evenly over ``layers`` (first and last included); ``None``: all of them."""
+    if count is None or count >= len(layers):
+        return list(layers)
+    if count == 1:
+        return [layers[len(layers) // 2]]
+    return sorted({layers[round(i * (len(layers) - 1) / (count - 1))] for i in range(count)})
