@@ -261,3 +261,14 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
     for row in result["after"]["per_layer"]:
         check_estimate(row["validation_top1"])
         assert row["validation_top1"]["value"] < 0.1  # random activations: near chance (1/171)
+
+
+def test_between_emotion_regression_leaves_vectors_uncorrelated_with_form() -> None:
+    from emolens.experiments.geometry_study import regress_out_between
+
+    rng = np.random.default_rng(4)
+    forms = rng.normal(size=(30, 8))
+    raw = torch.from_numpy(rng.normal(size=(2, 30, 16)) + forms[None, :, :1] * 5).float()
+    residual = regress_out_between(raw, forms).double().numpy()
+    design = np.column_stack([np.ones(30), forms])
+    assert np.abs(design.T @ residual[0]).max() < 1e-3  # orthogonal to every form column and the mean

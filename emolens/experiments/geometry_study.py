@@ -14,7 +14,9 @@ neutral top-PC subspace projected out, unit norm) with these choices:
   story means on their form features (:mod:`emolens.style`) *within* emotions (so the
   directions are not the emotions' own);
 - ``topic``: remove topic effects (two-way fixed effects, story = emotion + topic);
-- ``balance``: each emotion's mean weighs its first- and third-person stories equally.
+- ``balance``: each emotion's mean weighs its first- and third-person stories equally;
+- ``form_between``: regress the emotion vectors on their emotions' mean form across
+  emotions and keep the residuals (removes form-correlated variance wholesale, feeling included).
 
 **Selection uses training stories only and never the human ratings**: among variants
 whose 5-fold cross-validated top-1 accuracy on the training stories (default layer) is
@@ -64,11 +66,12 @@ class Variant:
     form: bool = False
     topic: bool = False
     balance: bool = False
+    form_between: bool = False
 
     @property
     def name(self) -> str:
         parts = [f"{self.neutral}@{self.denoise_variance:g}" if self.neutral != "none" else "no-denoise"]
-        parts += [flag for flag in ("form", "topic", "balance") if getattr(self, flag)]
+        parts += [flag for flag in ("form", "topic", "balance", "form_between") if getattr(self, flag)]
         return "+".join(parts)
 
 
@@ -155,6 +158,18 @@ def form_basis(
     return basis
 
 
+def regress_out_between(
+    raw: Float[Tensor, "layer emotion d_model"], emotion_forms: np.ndarray
+) -> Float[Tensor, "layer emotion d_model"]:
+    """Residuals of the emotion vectors after least squares on their emotions' mean form (across emotions).
+
+    Stronger than ``form``: it also removes whatever feeling covaries with form across emotions.
+    """
+    design = np.column_stack([np.ones(len(emotion_forms)), standardise(emotion_forms)])
+    hat = torch.from_numpy(design @ np.linalg.pinv(design)).float()  # emotion x emotion projection
+    return raw - einops.einsum(hat, raw, "e1 e2, layer e2 d -> layer e1 d")
+
+
 def fit_variant(
     data: StudyData, variant: Variant, mask: np.ndarray
 ) -> tuple[Float[Tensor, "layer emotion d_model"], Float[Tensor, "layer d_model"]]:
@@ -169,6 +184,8 @@ def fit_variant(
     else:
         means = _group_mean(x, labels, n)
     raw = einops.rearrange(means - means.mean(dim=0, keepdim=True), "emotion layer d -> layer emotion d")
+    if variant.form_between:
+        raw = regress_out_between(raw, group_means(data.forms[mask], labels, n))
     if variant.form:
         basis = form_basis(x, data.forms[mask], labels, n)
         raw = project_out(raw, list(basis))
@@ -315,6 +332,7 @@ VARIANTS = [
     *[Variant(n, f, topic=True) for n, f in (("neutral", 0.5), ("both", 0.5))],
     *[Variant(n, f, balance=True) for n, f in (("neutral", 0.5), ("both", 0.5))],
     Variant("both", 0.5, form=True, topic=True, balance=True),
+    *[Variant(n, 0.5, form_between=True) for n in ("neutral", "both")],
     Variant("neutral", 0.5, form=True, topic=True, balance=True),
 ]
 
