@@ -257,6 +257,10 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
     names = [v["variant"] for v in result["variants"]]
     assert names == [RECIPE.name, "no-denoise+form+topic+balance"]  # the uncached narrative set is skipped
     assert result["chosen"] in names
+    from emolens.experiments.geometry_study import markdown
+
+    tables = markdown(result)
+    assert tables.count("| 2 |") >= 2 and "no-denoise+form+topic+balance" in tables
     assert len(result["before"]["per_layer"]) == n_layers == len(result["form"]["per_layer"])
     for row in result["after"]["per_layer"]:
         check_estimate(row["validation_top1"])

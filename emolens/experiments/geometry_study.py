@@ -362,13 +362,72 @@ def run_study(
     }
 
 
+def _ci(estimate: dict[str, Any]) -> str:
+    return f"{estimate['value']:+.2f} [{estimate['low']:+.2f}, {estimate['high']:+.2f}]"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The study's tables for docs/results.md: form vs PCs, every variant, before/after per layer."""
+    layer = result["default_layer"]
+    lines = [f"Chosen: `{result['chosen']}` ({result['selection_rule']}).", ""]
+    form = next(row for row in result["form"]["per_layer"] if row["layer"] == layer)
+    lines += [f"Story form vs the recipe's PCs at layer {layer} (R^2 over 171 emotions; r of each feature):", ""]
+    lines += ["| PC | R^2 | CV R^2 | " + " | ".join(result["form"]["features"]) + " |"]
+    lines += ["|---" * (3 + len(result["form"]["features"])) + "|"]
+    for pc in ("PC1", "PC2", "PC3"):
+        r = form[pc]["r"]
+        lines += [
+            f"| {pc} | {form[pc]['r2']:.2f} | {form[pc]['r2_cv']:.2f} | "
+            + " | ".join(f"{r[f]:+.2f}" for f in result["form"]["features"])
+            + " |"
+        ]
+    lines += ["", f"Every variant at layer {layer} (point values; train-CV = 5-fold on training stories):", ""]
+    lines += [
+        "| variant | % var PC1/2/3 | PC1-val r | PC2-aro r | max abs r(PC1-3, val) | CV val r | CV aro r "
+        "| form share | train-CV top-1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for summary in result["variants"]:
+        row = next(r for r in summary["per_layer"] if r["layer"] == layer)
+        pcs = row["pc_r"]
+        best = max(abs(pcs[pc]["valence"]) for pc in pcs)
+        lines += [
+            f"| {summary['variant']} | {' / '.join(f'{100 * x:.0f}' for x in row['explained'])} "
+            f"| {pcs['PC1']['valence']:+.2f} | {pcs['PC2']['arousal']:+.2f} | {best:.2f} "
+            f"| {row['cv_axis_r']['valence']:.2f} | {row['cv_axis_r']['arousal']:.2f} | {row['form_share']:.2f} "
+            f"| {row['train_cv_top1']:.3f} |"
+        ]
+    for key in ("before", "after"):
+        report = result[key]
+        lines += ["", f"**{key}** (`{report['variant']}`), per layer, 95% bootstrap CIs over emotions:", ""]
+        lines += [
+            "| layer | % var PC1/2/3 | PC1-val r | PC1-val Spearman | PC2-aro r | PC3-val r | CV val r | CV aro r "
+            "| val. top-1 | val. top-5 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in report["per_layer"]:
+            c = row["correlations"]
+            lines += [
+                f"| {row['layer']} | {' / '.join(f'{100 * x:.0f}' for x in row['explained'][:3])} "
+                f"| {_ci(c['PC1']['valence']['pearson'])} | {_ci(c['PC1']['valence']['spearman'])} "
+                f"| {_ci(c['PC2']['arousal']['pearson'])} | {_ci(c['PC3']['valence']['pearson'])} "
+                f"| {_ci(row['cv_axes']['valence'])} | {_ci(row['cv_axes']['arousal'])} "
+                f"| {_ci(row['validation_top1'])} | {row['validation_top5']['value']:.2f} |"
+            ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--sets", nargs="*", default=["neutral", "narrative"])
+    parser.add_argument("--markdown", action="store_true", help="print the tables of an existing result and exit")
     args = parser.parse_args(argv)
     out = args.runs / args.model
+    if args.markdown:
+        print(markdown(json.loads((out / "results" / "geometry_study.json").read_text())))
+        return
     result = run_study(out / "cache", args.sets)
     target = out / "results" / "geometry_study.json"
     atomic_write_text(target, json.dumps(result, indent=1))
