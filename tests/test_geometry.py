@@ -204,6 +204,11 @@ def test_train_cv_accuracy_and_choice_rule() -> None:
         {"variant": "b", "settings": {}, "per_layer": [{"layer": 1, "train_cv_top1": 0.495, "form_share": 0.1}]},
     ]
     assert choose(summaries, default_layer=1)["variant"] == "b"  # "a" is less form-driven but loses accuracy
+    diagnostic = {"form_between": True}
+    summaries.append(
+        {"variant": "c", "settings": diagnostic, "per_layer": [{"layer": 1, "train_cv_top1": 0.6, "form_share": 0.0}]}
+    )
+    assert choose(summaries, default_layer=1)["variant"] == "b"  # never a variant that zeroes the criterion itself
 
 
 def test_pooled_moments_equal_moments_of_the_union() -> None:

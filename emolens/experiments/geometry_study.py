@@ -22,7 +22,8 @@ neutral top-PC subspace projected out, unit norm) with these choices:
 whose 5-fold cross-validated top-1 accuracy on the training stories (default layer) is
 within ``ACCURACY_TOLERANCE`` of the study recipe, the one whose top-3 principal
 components are least explained by story form (cross-validated R^2 over emotions,
-weighted by variance) is chosen. Valence/arousal and held-out validation accuracy are
+weighted by variance) is chosen (``form_between`` variants are diagnostics only: they
+zero that criterion by construction). Valence/arousal and held-out validation accuracy are
 then reported for the recipe and the chosen variant (and for every variant, so nothing
 is hidden).
 """
@@ -254,14 +255,20 @@ def summarise_variant(data: StudyData, variant: Variant, layers: list[int]) -> d
 
 
 def choose(summaries: list[dict[str, Any]], default_layer: int) -> dict[str, Any]:
-    """The least form-explained variant whose train-CV top-1 stays within tolerance of the recipe's."""
+    """The least form-explained variant whose train-CV top-1 stays within tolerance of the recipe's.
+
+    ``form_between`` variants are diagnostics, not candidates: they remove exactly what the
+    criterion measures (form-correlated variance across emotions), so they would win by construction.
+    """
 
     def at_default(summary: dict[str, Any]) -> dict[str, Any]:
         return next(row for row in summary["per_layer"] if row["layer"] == default_layer)
 
     recipe = next(s for s in summaries if s["variant"] == RECIPE.name)
     floor = at_default(recipe)["train_cv_top1"] - ACCURACY_TOLERANCE
-    eligible = [s for s in summaries if at_default(s)["train_cv_top1"] >= floor]
+    eligible = [
+        s for s in summaries if at_default(s)["train_cv_top1"] >= floor and not s["settings"].get("form_between", False)
+    ]
     return min(eligible, key=lambda s: (at_default(s)["form_share"], -at_default(s)["train_cv_top1"]))
 
 
