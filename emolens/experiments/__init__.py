@@ -18,9 +18,11 @@ from types import ModuleType
 EXPERIMENTS: tuple[str, ...] = (
     # form: what the directions encode and where
     "geometry",
+    "layers",
     # act: where the directions change behaviour
     "feels",
     "ablation",
+    "attribution",
 )
 
 PROFILES: dict[str, tuple[str, ...]] = {
