@@ -19,7 +19,7 @@ def fmt(estimate: dict[str, float] | None) -> str:
 
 def feels_table(data: dict[str, Any]) -> str:
     lines = [
-        "| layer | alpha | effect [95% CI] | random control | effect - control | neutral KL | KL > 1 nat from |alpha| |",
+        "| layer | alpha | effect [95% CI] | random control | effect - control | neutral KL | incoherent from alpha |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in data["per_layer"]:
