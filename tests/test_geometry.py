@@ -164,6 +164,7 @@ def synthetic_study_data(seed: int = 0, form_strength: float = 4.0):
         topics=topics,
         forms=forms,
         fold=np.tile(np.arange(per_emotion) % TRAIN_FOLDS, n_emotions),
+        half=np.tile(np.arange(per_emotion) % 2, n_emotions),
         neutral={"neutral": moments},
         emotions=[f"e{i}" for i in range(n_emotions)],
         n_layers=2,
@@ -189,6 +190,17 @@ def test_topic_adjustment_and_form_projection_remove_planted_confounds() -> None
     assert np.abs(vectors[0].numpy() @ unit).max() < 0.01
     unprojected, _ = fit_variant(data, Variant("none", 0.0, topic=True), data.train)
     assert np.abs(unprojected[0].numpy() @ unit).max() > 0.1  # the confound was there before
+
+
+def test_within_emotion_denoising_removes_the_topic_spread() -> None:
+    from emolens.experiments.geometry_study import Variant, fit_variant, within_covariance
+
+    data, _, topic_dirs, _ = synthetic_study_data(form_strength=0.0)
+    covariance = within_covariance(data.means, data.labels, len(data.emotions))
+    assert covariance.shape == (2, 32, 32) and torch.allclose(covariance, covariance.transpose(1, 2), atol=1e-4)
+    vectors, _ = fit_variant(data, Variant("within", 0.9), data.train)
+    top_topic = np.linalg.svd(topic_dirs - topic_dirs.mean(0), full_matrices=False)[2][0]
+    assert np.abs(vectors[0].numpy() @ top_topic).max() < 0.05  # the largest topic direction is projected out
 
 
 def test_train_cv_accuracy_and_choice_rule() -> None:
@@ -257,10 +269,11 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
     save_file(moments, str(tmp_path / "neutral_neutral.safetensors"))
     (tmp_path / "neutral_neutral.json").write_text(json.dumps({"sha256": file_digest(data_path("neutral.jsonl"))}))
     variants = [RECIPE, Variant("narrative", 0.5), Variant("none", 0.0, form=True, topic=True, balance=True)]
+    variants.append(Variant("within", 0.5))
     result = run_study(tmp_path, ["neutral"], variants=variants)
     json.dumps(result, allow_nan=False)
     names = [v["variant"] for v in result["variants"]]
-    assert names == [RECIPE.name, "no-denoise+form+topic+balance"]  # the uncached narrative set is skipped
+    assert names == [RECIPE.name, "no-denoise+form+topic+balance", "within@0.5"]  # uncached narrative skipped
     assert result["chosen"] in names
     from emolens.experiments.geometry_study import markdown
 
@@ -269,6 +282,7 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
     assert len(result["before"]["per_layer"]) == n_layers == len(result["form"]["per_layer"])
     for row in result["after"]["per_layer"]:
         check_estimate(row["validation_top1"])
+        assert -1 <= row["split_half_cosine_r"] <= 1
         assert row["validation_top1"]["value"] < 0.1  # random activations: near chance (1/171)
 
 

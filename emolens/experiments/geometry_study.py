@@ -7,9 +7,11 @@ study never refits through the model.
 A variant is the study's recipe (emotion means of training stories minus their mean,
 neutral top-PC subspace projected out, unit norm) with these choices:
 
-- ``neutral``: which neutral set's token covariance defines the denoising subspace
-  (``neutral`` = packaged dialogues/expository, ``narrative`` = neutral narrative
-  paragraphs, ``both`` = pooled, ``none``), and ``denoise_variance``;
+- ``neutral``: which covariance defines the denoising subspace: a neutral set's token
+  covariance (``neutral`` = packaged dialogues/expository, ``narrative`` = neutral
+  narrative paragraphs, ``both`` = pooled), ``within`` = the training stories' own
+  covariance around their emotion's mean (topic, form and story noise), or ``none``;
+  and ``denoise_variance``;
 - ``form``: project out story-form directions, estimated by regressing the training
   story means on their form features (:mod:`emolens.style`) *within* emotions (so the
   directions are not the emotions' own);
@@ -90,6 +92,7 @@ class StudyData:
     topics: np.ndarray  # topic id per story
     forms: np.ndarray  # story x feature
     fold: np.ndarray  # train-CV fold per story (-1 for validation stories)
+    half: np.ndarray  # 0/1 alternating within each emotion's training stories (split-half reliability)
     neutral: dict[str, TokenMoments]
     emotions: list[str]
     n_layers: int
@@ -101,10 +104,10 @@ def load_study_data(cache: Path, neutral_sets: list[str]) -> StudyData:
     emotions = list(all_emotions())
     labels = np.array([emotions.index(s.emotion) for s in stories])
     train = np.array([s.split == "train" for s in stories])
-    fold = np.full(len(stories), -1)
+    fold, half = np.full(len(stories), -1), np.full(len(stories), -1)
     seen: dict[int, int] = {}
     for i in np.flatnonzero(train):
-        fold[i] = seen.get(labels[i], 0) % TRAIN_FOLDS
+        fold[i], half[i] = seen.get(labels[i], 0) % TRAIN_FOLDS, seen.get(labels[i], 0) % 2
         seen[labels[i]] = seen.get(labels[i], 0) + 1
     moments = {name: load_neutral_moments(cache, name) for name in neutral_sets}
     if {"neutral", "narrative"} <= moments.keys():
@@ -117,6 +120,7 @@ def load_study_data(cache: Path, neutral_sets: list[str]) -> StudyData:
         topics=np.array([s.topic_id for s in stories]),
         forms=form_matrix([s.text for s in stories]),
         fold=fold,
+        half=half,
         neutral=moments,
         emotions=emotions,
         n_layers=cached.means.shape[1],
@@ -171,6 +175,26 @@ def regress_out_between(
     return raw - einops.einsum(hat, raw, "e1 e2, layer e2 d -> layer e1 d")
 
 
+def within_covariance(
+    x: Float[Tensor, "story layer d_model"], labels: np.ndarray, n_emotions: int
+) -> Float[Tensor, "layer d_model d_model"]:
+    """Per layer, the covariance of story means around their emotion's mean (topic, form, noise)."""
+    residual = x - _group_mean(x, labels, n_emotions)[labels]
+    scatter = einops.einsum(residual, residual, "story layer i, story layer j -> layer i j")
+    return scatter / max(1, len(labels) - n_emotions)
+
+
+def split_half_reliability(data: StudyData, variant: Variant) -> list[float]:
+    """Per layer, r between the cosine matrices (upper triangles) fitted on two halves of the training stories."""
+    halves = [fit_variant(data, variant, data.train & (data.half == h))[0] for h in (0, 1)]
+    upper = torch.triu_indices(len(data.emotions), len(data.emotions), offset=1)
+    out = []
+    for layer in range(data.n_layers):
+        a, b = (einops.einsum(v[layer], v[layer], "e1 d, e2 d -> e1 e2")[upper[0], upper[1]] for v in halves)
+        out.append(round(float(np.corrcoef(a.numpy(), b.numpy())[0, 1]), 4))
+    return out
+
+
 def fit_variant(
     data: StudyData, variant: Variant, mask: np.ndarray
 ) -> tuple[Float[Tensor, "layer emotion d_model"], Float[Tensor, "layer d_model"]]:
@@ -190,7 +214,9 @@ def fit_variant(
     if variant.form:
         basis = form_basis(x, data.forms[mask], labels, n)
         raw = project_out(raw, list(basis))
-    if variant.neutral != "none" and variant.denoise_variance > 0:
+    if variant.neutral == "within" and variant.denoise_variance > 0:
+        raw = project_out(raw, neutral_subspace(within_covariance(x, labels, n), variant.denoise_variance))
+    elif variant.neutral != "none" and variant.denoise_variance > 0:
         raw = project_out(raw, neutral_subspace(data.neutral[variant.neutral].covariance, variant.denoise_variance))
     return raw / raw.norm(dim=-1, keepdim=True), center
 
@@ -286,9 +312,11 @@ def full_report(data: StudyData, variant: Variant, seed: int = 0) -> dict[str, A
         by_emotion = np.array([hits[held_labels == e].mean() for e in emotions_held])
         return bootstrap(lambda idx: float(by_emotion[idx].mean()), by_emotion.size, seed=seed).to_dict()
 
+    reliability = split_half_reliability(data, variant)
     rows = []
     for layer in tqdm(range(data.n_layers), desc=variant.name, unit="layer"):
         geometry = asdict(layer_geometry(vectors[layer], data.emotions, layer, seed))
+        geometry["split_half_cosine_r"] = reliability[layer]
         geometry["validation_top1"] = per_emotion_mean(top1[layer])
         geometry["validation_top5"] = per_emotion_mean(top5[layer])
         rows.append(geometry)
@@ -340,6 +368,8 @@ VARIANTS = [
     *[Variant(n, f, balance=True) for n, f in (("neutral", 0.5), ("both", 0.5))],
     Variant("both", 0.5, form=True, topic=True, balance=True),
     *[Variant(n, 0.5, form_between=True) for n in ("neutral", "both")],
+    *[Variant("within", f) for f in (0.3, 0.5, 0.7)],
+    Variant("within", 0.5, topic=True, balance=True),
     Variant("neutral", 0.5, form=True, topic=True, balance=True),
 ]
 
@@ -350,7 +380,7 @@ def run_study(
     """Summaries of every variant (default :data:`VARIANTS` whose neutral set is cached), the choice, before/after."""
     data = load_study_data(cache, neutral_sets)
     default_layer = default_layer_for(data.n_layers)
-    variants = [v for v in (variants or VARIANTS) if v.neutral in {"none", *data.neutral}]
+    variants = [v for v in (variants or VARIANTS) if v.neutral in {"none", "within", *data.neutral}]
     layers = list(range(data.n_layers))
     summaries = [summarise_variant(data, v, layers) for v in tqdm(variants, desc="variants", unit="variant")]
     chosen = choose(summaries, default_layer)
@@ -409,8 +439,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"**{key}** (`{report['variant']}`), per layer, 95% bootstrap CIs over emotions:", ""]
         lines += [
             "| layer | % var PC1/2/3 | PC1-val r | PC1-val Spearman | PC2-aro r | PC3-val r | CV val r | CV aro r "
-            "| val. top-1 | val. top-5 |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| val. top-1 | val. top-5 | split-half r |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in report["per_layer"]:
             c = row["correlations"]
@@ -419,7 +449,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {_ci(c['PC1']['valence']['pearson'])} | {_ci(c['PC1']['valence']['spearman'])} "
                 f"| {_ci(c['PC2']['arousal']['pearson'])} | {_ci(c['PC3']['valence']['pearson'])} "
                 f"| {_ci(row['cv_axes']['valence'])} | {_ci(row['cv_axes']['arousal'])} "
-                f"| {_ci(row['validation_top1'])} | {row['validation_top5']['value']:.2f} |"
+                f"| {_ci(row['validation_top1'])} | {row['validation_top5']['value']:.2f} "
+                f"| {row['split_half_cosine_r']:.2f} |"
             ]
     return "\n".join(lines)
 
