@@ -64,10 +64,10 @@ SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every
     "cpu": {
         "emotions": 12,
         "controls": 4,
-        "layers": 9,
+        "layers": 7,
         "alphas": (0.1, 0.25, 0.5, 1.0),
-        "prompts": 8,
-        "neutral": 6,
+        "prompts": 6,
+        "neutral": 4,
         "new_tokens": 24,
     },
     "full": {
