@@ -126,6 +126,27 @@ def steering_vector(
     return vector
 
 
+def masked_hooks(tracker: PositionTracker, edits: dict[int, Callable[[Tensor], Tensor]]) -> list[Hook]:
+    """One ``resid_post`` hook per layer that applies ``edits[layer]`` at the tracker's positions.
+
+    Untouched positions keep their exact values; when the positions need absolute
+    offsets (anything but ``"all"``), a first hook on layer 0's attention scores feeds the tracker.
+    """
+
+    def hook_for(edit: Callable[[Tensor], Tensor]) -> Callable[[Tensor, HookPoint], Tensor]:
+        def hook(resid: Float[Tensor, "batch pos d_model"], hook: HookPoint) -> Tensor:
+            edited = edit(resid)
+            mask = tracker.mask(resid.shape[0], resid.shape[1], resid.device)
+            return edited if mask is None else torch.where(einops.rearrange(mask, "b p -> b p 1"), edited, resid)
+
+        return hook
+
+    hooks: list[Hook] = [(resid_hook(layer), hook_for(edit)) for layer, edit in edits.items()]
+    if tracker.needs_offsets:
+        hooks.insert(0, ("blocks.0.attn.hook_attn_scores", tracker.observe_scores))
+    return hooks
+
+
 def steering_hooks(
     model: HookedTransformer,
     vecs: EmotionVectors,
@@ -151,20 +172,10 @@ def steering_hooks(
         for layer in intervention_layers(vecs, layers)
     }
 
-    def add(layer: int) -> Callable[[Tensor, HookPoint], Tensor]:
-        def hook(resid: Float[Tensor, "batch pos d_model"], hook: HookPoint) -> Tensor:
-            delta = deltas[layer].to(resid.device, resid.dtype)
-            mask = tracker.mask(resid.shape[0], resid.shape[1], resid.device)
-            if mask is None:
-                return resid + delta
-            return resid + einops.einsum(mask.to(resid.dtype), delta, "batch pos, d -> batch pos d")
+    def shift(delta: Tensor) -> Callable[[Tensor], Tensor]:
+        return lambda resid: resid + delta.to(resid.device, resid.dtype)
 
-        return hook
-
-    hooks: list[Hook] = [(resid_hook(layer), add(layer)) for layer in deltas]
-    if tracker.needs_offsets:
-        hooks.insert(0, ("blocks.0.attn.hook_attn_scores", tracker.observe_scores))
-    return hooks
+    return masked_hooks(tracker, {layer: shift(delta) for layer, delta in deltas.items()})
 
 
 @contextlib.contextmanager
@@ -268,23 +279,15 @@ def ablation_hooks(
         for layer in chosen
     }
 
-    def remove(layer: int) -> Callable[[Tensor, HookPoint], Tensor]:
-        def hook(resid: Float[Tensor, "batch pos d_model"], hook: HookPoint) -> Tensor:
-            basis = bases[layer].to(resid.device, resid.dtype)
+    def remove(layer: int) -> Callable[[Tensor], Tensor]:
+        def edit(resid: Float[Tensor, "batch pos d_model"]) -> Tensor:
             target = targets[layer]
             target = None if target is None else target.to(resid.device, resid.dtype)
-            ablated = project_out(resid, basis, target, strength)
-            mask = tracker.mask(resid.shape[0], resid.shape[1], resid.device)
-            if mask is None:
-                return ablated
-            return torch.where(einops.rearrange(mask, "batch pos -> batch pos 1"), ablated, resid)
+            return project_out(resid, bases[layer].to(resid.device, resid.dtype), target, strength)
 
-        return hook
+        return edit
 
-    hooks: list[Hook] = [(resid_hook(layer), remove(layer)) for layer in chosen]
-    if tracker.needs_offsets:
-        hooks.insert(0, ("blocks.0.attn.hook_attn_scores", tracker.observe_scores))
-    return hooks
+    return masked_hooks(tracker, {layer: remove(layer) for layer in chosen})
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from emolens.corpus import load_stories
 from emolens.experiments.feels import EMOTIONS, dominance, feel_prompts, fmt
 from emolens.experiments.runner import evenly_spaced, experiment_main
 from emolens.extract import batches, resid_hook
+from emolens.report.formact import estimate_errorbar
 from emolens.report.page import Page
 from emolens.stats import Estimate, bootstrap, mean_ci
 from emolens.steer import random_unit
@@ -229,13 +230,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     ]
     figure, axis = plt.subplots(figsize=(7, 3))
     for label, style, get in draw:
-        values = [get(r) for r in rows]
-        axis.errorbar(
-            [r["layer"] for r in rows],
-            [v["value"] for v in values],
-            yerr=[[v["value"] - v["low"] for v in values], [v["high"] - v["value"] for v in values]],
-            fmt=style, capsize=2, markersize=4, label=label,
-        )  # fmt: skip
+        estimate_errorbar(axis, [r["layer"] for r in rows], [get(r) for r in rows], label, style)
     axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xlabel("ablated layer")
     axis.set_ylabel("reading drop downstream")

@@ -27,6 +27,7 @@ from transformer_lens import HookedTransformer
 
 from emolens.corpus import data_path, load_neutral, read_jsonl
 from emolens.experiments.runner import evenly_spaced, experiment_main
+from emolens.report.formact import estimate_errorbar
 from emolens.report.page import Page
 from emolens.report.views import side_by_side
 from emolens.stats import mean_ci
@@ -289,9 +290,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     layers = [r["layer"] for r in rows]
     figure, axis = plt.subplots(figsize=(7, 3))
     for key, label, style in (("effect", "emotion direction", "o-"), ("control", "random direction", "s--")):
-        values = [r[key]["value"] for r in rows]
-        errors = [[r[key]["value"] - r[key]["low"] for r in rows], [r[key]["high"] - r[key]["value"] for r in rows]]
-        axis.errorbar(layers, values, yerr=errors, fmt=style, capsize=2, label=label, markersize=4)
+        estimate_errorbar(axis, layers, [r[key] for r in rows], label, style)
     axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xlabel("layer")
     axis.set_ylabel("diagonal dominance (nats)")

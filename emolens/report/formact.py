@@ -29,7 +29,8 @@ def _estimate(value: Any) -> tuple[float, float, float]:
     return float(value), float(value), float(value)
 
 
-def _errorbar(axis: Any, layers: list[int], estimates: list[Any], label: str, style: str) -> None:
+def estimate_errorbar(axis: Any, layers: list[int], estimates: list[Any], label: str, style: str) -> None:
+    """Points with 95% interval bars from Estimate dicts (``value``, ``low``, ``high``) or bare numbers."""
     points = [_estimate(e) for e in estimates]
     values = [p[0] for p in points]
     errors = [[p[0] - p[1] for p in points], [p[2] - p[0] for p in points]]
@@ -57,14 +58,14 @@ def form_act_figure(results: dict[str, dict[str, Any]]) -> Figure | None:
             axis.axhline(data["chance_top1"], color="grey", linestyle=":", label="chance")
             axis.set_ylabel("form:\naccuracy")
         elif name == "attribution":
-            _errorbar(axis, layers, [row["mass"] for row in rows], "attribution mass", "o-")
+            estimate_errorbar(axis, layers, [row["mass"] for row in rows], "attribution mass", "o-")
             axis.set_ylabel("attribution\nmass")
         else:
-            _errorbar(axis, layers, [row["effect"] for row in rows], f"emotion direction ({name})", "o-")
+            estimate_errorbar(axis, layers, [row["effect"] for row in rows], f"emotion direction ({name})", "o-")
             controlled = [row for row in rows if "control" in row]
             if controlled:
                 control_layers = [int(row["layer"]) for row in controlled]
-                _errorbar(axis, control_layers, [row["control"] for row in controlled], "random control", "s--")
+                estimate_errorbar(axis, control_layers, [row["control"] for row in controlled], "random control", "s--")
             axis.axhline(0, color="grey", linewidth=0.8)
             axis.set_ylabel(f"act:\n{labels[name]}")
         axis.legend(fontsize=7, loc="best")
