@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import einops
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -249,3 +250,44 @@ def ablated_readings(
     mean_resid = einops.einsum(cache[resid_hook(chosen)].float(), weights, "batch pos d, batch pos -> batch d")
     columns = torch.tensor([vecs.emotions.index(e) for e in emotions], device=mean_resid.device)
     return vecs.project(mean_resid, chosen)[torch.arange(len(emotions), device=mean_resid.device), columns].cpu()
+
+
+def layer_shares(
+    contributions: Float[np.ndarray, "row component"], parts: Sequence[Component], layer: int
+) -> dict[str, Float[np.ndarray, "row block"]]:
+    """Each row's share of its total absolute direct contribution (the constant centre left out).
+
+    ``"mass"``: per block ``<= layer``, its heads + attention bias + MLP; ``"attn"`` and
+    ``"mlp"`` apart; ``"embed"`` (one column): the embedding's share. Columns of
+    ``contributions`` are :func:`components` of ``layer``.
+    """
+    magnitude = np.abs(contributions)
+    counted = np.array([c.kind != "center" for c in parts])
+    total = np.maximum(magnitude[:, counted].sum(axis=1, keepdims=True), 1e-12)
+
+    def share(select: list[bool]) -> np.ndarray:
+        return magnitude[:, np.array(select)].sum(axis=1)
+
+    kinds = {"mass": ("head", "attn_bias", "mlp"), "attn": ("head", "attn_bias"), "mlp": ("mlp",)}
+    out = {
+        key: np.stack([share([c.layer == b and c.kind in allowed for c in parts]) for b in range(layer + 1)], axis=1)
+        for key, allowed in kinds.items()
+    }
+    out["embed"] = share([c.kind == "embed" for c in parts])[:, None]
+    return {key: value / total for key, value in out.items()}
+
+
+def head_patterns(
+    model: HookedTransformer, tokens: Int[Tensor, " pos"], heads: Sequence[Component]
+) -> Float[Tensor, "head dst src"]:
+    """Attention patterns of ``heads`` (attention-head components) on one token sequence."""
+    if not heads or any(h.kind != "head" for h in heads):
+        raise ValueError("pass at least one component, all of kind 'head'")
+    names = {f"blocks.{h.layer}.attn.hook_pattern" for h in heads}
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(
+            tokens[None].to(model.cfg.device),
+            names_filter=lambda name: name in names,
+            stop_at_layer=max(h.layer for h in heads) + 1,
+        )
+    return torch.stack([cache[f"blocks.{h.layer}.attn.hook_pattern"][0, h.head] for h in heads]).float().cpu()

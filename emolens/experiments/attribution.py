@@ -37,6 +37,8 @@ from emolens.attribution import (
     component_means,
     components,
     direct_contributions,
+    head_patterns,
+    layer_shares,
 )
 from emolens.concepts import norms
 from emolens.corpus import Story, load_stories
@@ -315,29 +317,13 @@ def _layer_mass(
     data: Attributed, parts: list[Component], layer: int, seed: int
 ) -> tuple[list[dict[str, Any]], dict[str, float | int]]:
     """Per layer: share of the absolute direct contribution (heads + bias + MLP; attn and MLP apart), signed sum."""
-    magnitude = np.abs(data.values[:, [i for i, c in enumerate(parts) if c.kind != "center"]])
-    kept = [c for c in parts if c.kind != "center"]
-    total = magnitude.sum(axis=1)
-
-    def share(select: list[bool]) -> np.ndarray:
-        return magnitude[:, np.array(select)].sum(axis=1) / np.maximum(total, 1e-12)
-
+    shares = layer_shares(data.values, parts, layer)
     rows = []
     for block in range(layer + 1):
-        in_block = [c.layer == block for c in kept]
-        attn = [c.layer == block and c.kind in ("head", "attn_bias") for c in kept]
-        mlp = [c.layer == block and c.kind == "mlp" for c in kept]
         signed = data.values[:, [i for i, c in enumerate(parts) if c.layer == block]].sum(axis=1)
-        rows.append(
-            {
-                "layer": block,
-                "mass": mean_ci(share(in_block), seed).to_dict(),
-                "attn": mean_ci(share(attn), seed).to_dict(),
-                "mlp": mean_ci(share(mlp), seed).to_dict(),
-                "direct": mean_ci(signed, seed).to_dict(),
-            }
-        )
-    return rows, mean_ci(share([c.kind == "embed" for c in kept]), seed).to_dict()
+        estimates = {key: mean_ci(shares[key][:, block], seed).to_dict() for key in ("mass", "attn", "mlp")}
+        rows.append({"layer": block, **estimates, "direct": mean_ci(signed, seed).to_dict()})
+    return rows, mean_ci(shares["embed"][:, 0], seed).to_dict()
 
 
 def _attention_example(
@@ -346,18 +332,12 @@ def _attention_example(
     """Tokens and attention patterns [head, dst, src] of ``heads`` on the start of one validation story."""
     story = next(s for s in stories if s.emotion == emotion)
     (ids,) = tokenize(model, [story.text])
-    tokens = torch.tensor([ids[:max_tokens]], device=model.cfg.device)
-    names = {f"blocks.{h.layer}.attn.hook_pattern" for h in heads}
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(
-            tokens, names_filter=lambda name: name in names, stop_at_layer=max(h.layer for h in heads) + 1
-        )
-    patterns = torch.stack([cache[f"blocks.{h.layer}.attn.hook_pattern"][0, h.head] for h in heads]).float().cpu()
+    tokens = torch.tensor(ids[:max_tokens])
     return {
         "emotion": emotion,
-        "tokens": [str(t) for t in model.to_str_tokens(tokens[0])],
+        "tokens": [str(t) for t in model.to_str_tokens(tokens)],
         "head_names": [h.name for h in heads],
-        "patterns": patterns.numpy().round(4).tolist(),
+        "patterns": head_patterns(model, tokens, heads).numpy().round(4).tolist(),
     }
 
 
