@@ -33,7 +33,9 @@ def story_readings(
     examples = []
     for story in chosen:
         readings = vectors.read(model, story.text, layer=chosen_layer)  # pos x emotion, BOS first
-        tokens = [str(t) for t in model.to_str_tokens(story.text)]
+        tokens = [str(t) for t in model.to_str_tokens(model.to_tokens(story.text)[0])]
+        if len(tokens) != readings.shape[0]:
+            raise ValueError(f"{len(tokens)} tokens but {readings.shape[0]} readings; tokenization differs from read()")
         skip = 1 if model.cfg.default_prepend_bos else 0
         readings, tokens = readings[skip:], tokens[skip:]
         order = torch.argsort(readings.mean(dim=0), descending=True).tolist()
