@@ -250,7 +250,7 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
     from safetensors.torch import save_file
 
     from emolens.corpus import data_path
-    from emolens.experiments.activation_cache import file_digest
+    from emolens.experiments.activation_cache import file_digest, text_digests
     from emolens.experiments.geometry_study import RECIPE, Variant, run_study
 
     generator = torch.Generator().manual_seed(0)
@@ -267,7 +267,8 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
         "count": torch.tensor([500]),
     }
     save_file(moments, str(tmp_path / "neutral_neutral.safetensors"))
-    (tmp_path / "neutral_neutral.json").write_text(json.dumps({"sha256": file_digest(data_path("neutral.jsonl"))}))
+    digests = text_digests(load_neutral())
+    (tmp_path / "neutral_neutral.json").write_text(json.dumps({"text_sha256s": digests}))
     variants = [RECIPE, Variant("narrative", 0.5), Variant("none", 0.0, form=True, topic=True, balance=True)]
     variants.append(Variant("within", 0.5))
     result = run_study(tmp_path, ["neutral"], variants=variants)
@@ -295,3 +296,24 @@ def test_between_emotion_regression_leaves_vectors_uncorrelated_with_form() -> N
     residual = regress_out_between(raw, forms).double().numpy()
     design = np.column_stack([np.ones(30), forms])
     assert np.abs(design.T @ residual[0]).max() < 1e-3  # orthogonal to every form column and the mean
+
+
+def test_neutral_moments_cached_in_parts_pool_to_the_whole(tiny_model, tmp_path, monkeypatch) -> None:
+    from emolens.experiments import activation_cache
+
+    rows = [{"kind": "expository", "topic": "t", "text": " ".join(t.split()[:30])} for t in load_neutral()[:6]]
+    for name, chosen in (("whole", rows), ("part_a", rows[:2]), ("part_b", rows[2:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    monkeypatch.setattr(activation_cache, "NEUTRAL_SETS", {"neutral": "whole.jsonl"})
+    monkeypatch.setattr(activation_cache, "data_path", lambda name: tmp_path / name)
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError, match="no cached moments"):
+        activation_cache.load_neutral_moments(cache, "neutral")
+    for part in ("part_a", "part_b"):
+        activation_cache.save_neutral_moments(tiny_model, "neutral", cache, tmp_path / f"{part}.jsonl", window_start=5)
+    pooled = activation_cache.load_neutral_moments(cache, "neutral")
+    activation_cache.save_neutral_moments(tiny_model, "neutral", cache, window_start=5)
+    whole = activation_cache.load_neutral_moments(cache, "neutral")
+    assert pooled.count == whole.count
+    assert torch.allclose(pooled.covariance, whole.covariance, atol=1e-4, rtol=1e-3)
+    assert torch.allclose(pooled.mean, whole.mean, atol=1e-5)
