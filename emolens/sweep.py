@@ -249,6 +249,7 @@ class CellRunner:
         self.last = batch.last.to(device)
         self.resid: dict[int, Tensor] = {}
         self.base_logprobs: Tensor | None = None
+        self.base_negentropy: Tensor | None = None  # sum p log p of the unsteered next token, per prompt
 
     def cache_layers(self, layers: list[int]) -> None:
         """The unsteered pass: ``resid_post`` at ``layers`` and the next-token log-probs."""
@@ -261,6 +262,7 @@ class CellRunner:
             assert isinstance(final, Tensor)
             self.resid = {layer: cache[resid_hook(layer)] for layer in layers}
             self.base_logprobs = next_token_logprobs(self.model, final[torch.arange(len(self.last)), self.last])
+            self.base_negentropy = (self.base_logprobs.exp() * self.base_logprobs).sum(dim=-1)
 
     def _edit(self, resid: Float[Tensor, "prompt pos d_model"], cell: Cell) -> Float[Tensor, "prompt pos d_model"]:
         """The intervened residual stream of one cell at its layer."""
@@ -287,15 +289,19 @@ class CellRunner:
             last = self.last.repeat(len(group))
             with torch.inference_mode():
                 final = self.model(edited, start_at_layer=layer + 1, stop_at_layer=self.model.cfg.n_layers)
-                logprobs = next_token_logprobs(self.model, final[torch.arange(len(last)), last])
-            for index, cell in enumerate(group):
-                rows.append(self._row(cell, logprobs[index * n_prompts : (index + 1) * n_prompts]))
+                final_last = final[torch.arange(len(last)), last]
+                for index, cell in enumerate(group):  # one cell's prompts at a time: vocab-wide tensors stay small
+                    logprobs = next_token_logprobs(self.model, final_last[index * n_prompts : (index + 1) * n_prompts])
+                    rows.append(self._row(cell, logprobs))
         return rows
 
     def _row(self, cell: Cell, logprobs: Float[Tensor, "prompt vocab"]) -> dict[str, Any]:
         base = self.base_logprobs
         assert base is not None, "cache_layers() runs the unsteered pass first"
-        kl = (base.exp() * (base - logprobs)).sum(dim=-1).clamp(min=0)
+        assert self.base_negentropy is not None
+        kl = (self.base_negentropy - einops.einsum(base.exp(), logprobs, "prompt vocab, prompt vocab -> prompt")).clamp(
+            min=0
+        )
         by_prompt = {
             word: logprobs[:, token].tolist() for word, token in zip(self.targets, self.target_ids, strict=True)
         }

@@ -24,8 +24,9 @@ def feels_table(data: dict[str, Any]) -> str:
     ]
     for row in data["per_layer"]:
         incoherent = row["first_incoherent_alpha"] if row["first_incoherent_alpha"] is not None else "none tested"
+        flag = "" if row.get("usable", True) else " (KL > 1: none usable)"
         lines.append(
-            f"| {row['layer']} | {row['alpha']:+g} | {fmt(row['effect'])} | {fmt(row['control'])} | "
+            f"| {row['layer']} | {row['alpha']:+g}{flag} | {fmt(row['effect'])} | {fmt(row['control'])} | "
             f"{fmt(row['difference'])} | {row['neutral_kl']:.3f} | {incoherent} |"
         )
     return "\n".join(lines)

@@ -19,6 +19,7 @@ continuations at the chosen layer show what the steering does to text.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,14 +127,37 @@ def change_matrix(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emoti
     ]
 
 
+def choose_alpha(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """One layer's headline: the positive alpha with the largest effect on the select prompts among the
+    coherent ones (neutral KL <= ``KL_LIMIT``); when none is coherent, the smallest positive alpha, flagged."""
+    positive = [c for c in cells if c["alpha"] > 0]
+    usable = [c for c in positive if c["neutral_kl"] <= KL_LIMIT]
+    chosen = max(usable, key=lambda c: c["select_effect"]) if usable else min(positive, key=lambda c: c["alpha"])
+    incoherent = [abs(c["alpha"]) for c in cells if c["neutral_kl"] > KL_LIMIT]
+    keys = ("layer", "alpha", "select_effect", "effect", "control", "difference", "neutral_kl")
+    return {
+        **{k: chosen[k] for k in keys},
+        "usable": bool(usable),
+        "first_incoherent_alpha": min(incoherent, default=None),
+    }
+
+
 def run(
     model: HookedTransformer,
     vecs: EmotionVectors,
     profile: str = "cpu",
     seed: int = 0,
     emotions: list[str] | None = None,
+    workdir: Path | None = None,
 ) -> FeelsResult:
-    """The feels grid on ``vecs`` (see the module docstring); ``emotions`` overrides the profile's set."""
+    """The feels grid on ``vecs`` (see the module docstring); ``emotions`` overrides the profile's set.
+
+    With ``workdir`` the sweeps are kept (resumable) in ``workdir/sweeps/feels-*.jsonl``.
+    """
+
+    def kept(name: str) -> Path | None:
+        return None if workdir is None else workdir / "sweeps" / f"feels-{name}.jsonl"
+
     size = SIZES[profile]
     names = emotions or [e for e in EMOTIONS if e in vecs.emotions][: size["emotions"]]
     if len(names) < 2:
@@ -149,18 +173,18 @@ def run(
         "alphas": signed,
         "targets": names,
     }
-    steered = sweep(model, vecs, **common)
-    control = sweep(model, vecs, control="random", seed=seed, **{**common, "emotions": names[: size["controls"]]})
+    steered = sweep(model, vecs, out=kept("steered"), **common)
+    controls = {**common, "emotions": names[: size["controls"]]}
+    control = sweep(model, vecs, control="random", seed=seed, out=kept("random"), **controls)
     (baseline,) = sweep(model, vecs, prompts, names[:1], layers[:1], [0.0], targets=names, progress=False)
     base = {w: np.asarray(baseline["target_logprob_by_prompt"][w]) for w in names}
     n_select = len(select)
 
     neutral = [text[:300] for text in load_neutral()[: size["neutral"]]]
     coherence_names = names[:COHERENCE_EMOTIONS]
-    neutral_rows = sweep(model, vecs, neutral, coherence_names, layers, signed, targets=())
-    grid, per_layer = [], []
+    neutral_rows = sweep(model, vecs, neutral, coherence_names, layers, signed, targets=(), out=kept("coherence"))
+    grid = []
     for layer in layers:
-        cells = []
         for alpha in signed:
 
             def pick(rows: list[dict[str, Any]], layer: int = layer, alpha: float = alpha) -> list[dict[str, Any]]:
@@ -180,28 +204,8 @@ def run(
                 "neutral_kl": neutral_kl,
             }
             grid.append(cell)
-            cells.append(cell)
-        usable = [c for c in cells if c["neutral_kl"] <= KL_LIMIT]
-        usable_alpha = min((abs(c["alpha"]) for c in cells if c["neutral_kl"] > KL_LIMIT), default=None)
-        candidates = [c for c in usable if c["alpha"] > 0] or [c for c in cells if c["alpha"] > 0]
-        chosen = max(candidates, key=lambda c: c["select_effect"])
-        per_layer.append(
-            {
-                "layer": layer,
-                "alpha": chosen["alpha"],
-                "effect": chosen["effect"],
-                "control": chosen["control"],
-                "difference": chosen["difference"],
-                "neutral_kl": chosen["neutral_kl"],
-                "first_incoherent_alpha": usable_alpha,
-            }
-        )
-    best = max(
-        per_layer,
-        key=lambda row: next(
-            c["select_effect"] for c in grid if c["layer"] == row["layer"] and c["alpha"] == row["alpha"]
-        ),
-    )
+    per_layer = [choose_alpha([c for c in grid if c["layer"] == layer]) for layer in layers]
+    best = max(per_layer, key=lambda row: (row["usable"], row["select_effect"]))
     best_rows = [r for r in steered if r["layer"] == best["layer"] and r["alpha"] == best["alpha"]]
     report_base = {w: v[n_select:] for w, v in base.items()}
     report_rows = [
@@ -300,11 +304,18 @@ def render(page: Page, data: dict[str, Any]) -> None:
     page.table(
         ["layer", "alpha", "effect [95% CI]", "random control", "effect - control", "neutral KL", "KL > limit at"],
         [
-            (r["layer"], r["alpha"], fmt(r["effect"]), fmt(r["control"]), fmt(r["difference"]),
-             f"{r['neutral_kl']:.3f}", r["first_incoherent_alpha"] if r["first_incoherent_alpha"] is not None else "-")
+            (
+                r["layer"],
+                f"{r['alpha']:+g}" + ("" if r.get("usable", True) else " (none coherent)"),
+                fmt(r["effect"]),
+                fmt(r["control"]),
+                fmt(r["difference"]),
+                f"{r['neutral_kl']:.3f}",
+                "-" if r["first_incoherent_alpha"] is None else r["first_incoherent_alpha"],
+            )
             for r in rows
         ],
-    )  # fmt: skip
+    )
     figure, axis = plt.subplots(figsize=(7, 3))
     for alpha in data["alphas"]:
         cells = [c for c in data["grid"] if c["alpha"] == alpha]
@@ -346,7 +357,7 @@ def fmt(estimate: dict[str, float]) -> str:
 
 def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Index-page summary: the strongest layer's steering effect beside its control."""
-    best = max(data["per_layer"], key=lambda r: r["difference"]["value"])
+    best = max(data["per_layer"], key=lambda r: (r.get("usable", True), r["difference"]["value"]))
     return [
         (
             "feels: steering effect at its best layer (effect vs random control)",

@@ -8,6 +8,7 @@ Loads the model and its fitted vectors, calls the experiment's ``run``, writes
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -46,11 +47,12 @@ def experiment_main(name: str, run: Runner, argv: Sequence[str] | None = None, d
             )
         vecs = EmotionVectors.load(vectors_path)
         model = load_model(args.model, device=args.device)
+        out = Path(args.out) if args.out else vectors_path.parent
+        extra = {"workdir": out} if "workdir" in inspect.signature(run).parameters else {}
         started = time.perf_counter()
-        result = run(model, vecs, profile=args.profile, seed=args.seed)
+        result = run(model, vecs, profile=args.profile, seed=args.seed, **extra)
         data = result.to_dict()
         data.setdefault("seconds", round(time.perf_counter() - started, 1))
-        out = Path(args.out) if args.out else vectors_path.parent
         path = atomic_write_text(out / "results" / f"{name}.json", json.dumps(data, indent=1))
     except (ValueError, FileNotFoundError) as err:
         print(f"{name}: error: {str(err).splitlines()[0]}", file=sys.stderr)
