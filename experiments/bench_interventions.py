@@ -57,7 +57,7 @@ def _load(name: str, vectors: str | None) -> tuple[HookedTransformer, EmotionVec
     return load_model(name, device="cpu"), EmotionVectors.load(path)
 
 
-def bench_sweep(name: str, vectors: str | None = None, repeats: int = 2) -> SweepSpeed:
+def bench_sweep(name: str, vectors: str | None = None, repeats: int = 1) -> SweepSpeed:
     import torch
 
     from emolens.corpus import data_path, read_jsonl
