@@ -23,6 +23,8 @@ EXPERIMENTS: tuple[str, ...] = (
     "feels",
     "ablation",
     "attribution",
+    "preferences",
+    "dilemmas",
 )
 
 PROFILES: dict[str, tuple[str, ...]] = {
