@@ -10,7 +10,8 @@ Per layer and alpha, the *diagonal dominance* of the steered x measured matrix o
 log-probability changes is ``mean_e [d(e, e) - mean_{w != e} d(e, w)]``, computed per
 prompt and bootstrapped over prompts. The same statistic with seeded random directions
 of equal norm in place of each emotion's is the control. The alpha of each layer's
-headline is chosen on the ``select`` prompts and reported on the ``report`` prompts.
+headline, and the best layer, are chosen on the ``select`` prompts by effect minus
+control (``select_effect``) and reported on the ``report`` prompts.
 Coherence: KL(unsteered || steered) of the next token on neutral text; an alpha is
 *usable* while that KL stays below ``KL_LIMIT`` nats for both signs. Greedy
 continuations at the chosen layer show what the steering does to text.
@@ -196,7 +197,7 @@ def run(
             cell = {
                 "layer": layer,
                 "alpha": alpha,
-                "select_effect": float(effect[:n_select].mean()),
+                "select_effect": float(effect[:n_select].mean() - null[:n_select].mean()),
                 "effect": mean_ci(effect[n_select:], seed).to_dict(),
                 "control": mean_ci(null[n_select:], seed).to_dict(),
                 "difference": mean_ci(effect[n_select:] - null[n_select:], seed).to_dict(),
