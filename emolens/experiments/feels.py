@@ -129,8 +129,8 @@ def change_matrix(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emoti
 
 
 def choose_alpha(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """One layer's headline: the positive alpha with the largest effect on the select prompts among the
-    coherent ones (neutral KL <= ``KL_LIMIT``); when none is coherent, the smallest positive alpha, flagged."""
+    """One layer's headline: among the coherent positive alphas (neutral KL <= ``KL_LIMIT``), the one with
+    the largest effect minus control on the select prompts; when none is coherent, the smallest, flagged."""
     positive = [c for c in cells if c["alpha"] > 0]
     usable = [c for c in positive if c["neutral_kl"] <= KL_LIMIT]
     chosen = max(usable, key=lambda c: c["select_effect"]) if usable else min(positive, key=lambda c: c["alpha"])
