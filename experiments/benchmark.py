@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from experiments.bench_choice import bench_choice
 from experiments.bench_interventions import bench_generate, bench_sweep
+from experiments.bench_monitor import bench_monitor
 
 PACKAGED = ["gemma-3-270m", "smollm2-135m-instruct"]
 OUT = Path("runs/bench")
@@ -165,7 +167,10 @@ def _table(rows: list[object]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["load", "throughput", "memory", "sweep", "generate", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["load", "throughput", "memory", "sweep", "generate", "monitor", "choice", "all"],
     )
     parser.add_argument("--models", nargs="+", default=PACKAGED)
     args = parser.parse_args(argv)
@@ -176,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         "memory": bench_memory,
         "sweep": bench_sweep,
         "generate": bench_generate,
+        "monitor": bench_monitor,
+        "choice": bench_choice,
     }
     for what, bench in benches.items():
         if args.what not in (what, "all"):
