@@ -138,17 +138,26 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
+    n_devices: int = 1,
+    fast_attention: bool = True,
 ) -> HookedTransformer:
     """Load ``name`` as a HookedTransformer with TransformerLens' default weight processing.
 
     Packaged models load offline from the converted-weight cache (built on first use);
     any other name goes to ``HookedTransformer.from_pretrained`` and needs network access.
-    The returned model carries ``model.emolens_identity`` (see :func:`model_identity`).
+    ``dtype`` (a torch dtype or "float32"/"bfloat16"/"float16") is the weights' dtype;
+    ``n_devices > 1`` splits the blocks over that many CUDA devices with TransformerLens'
+    own placement (``cfg.n_devices``). ``fast_attention`` fuses attention where no hook
+    needs the pattern (:mod:`emolens.fast_forward`). The returned model carries
+    ``model.emolens_identity`` (see :func:`model_identity`).
     """
     target = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    _check_n_devices(n_devices, target)
     if name not in PACKAGED_MODELS:
-        return _load_from_transformer_lens(name, target, dtype)
+        model = _load_from_transformer_lens(name, target, dtype, n_devices)
+        return _finish(model, fast_attention)
     spec = PACKAGED_MODELS[name]
     try:
         importlib.metadata.distribution(spec.distribution)
@@ -166,13 +175,59 @@ def load_model(
         assert model.tokenizer is not None
         entry.save(model.cfg.to_dict(), model.state_dict(), model.tokenizer)
     model.emolens_identity = _identity(spec.name, entry.gguf_sha256)  # type: ignore[assignment]
-    return model.to(target)
+    if n_devices > 1:
+        model.cfg.device, model.cfg.n_devices = str(target), n_devices
+        model.move_model_modules_to_device()
+    else:
+        model = model.to(target)
+    return _finish(model, fast_attention)
 
 
-def tiny_random_model(seed: int = 0, n_layers: int = 3, d_model: int = 48, n_ctx: int = 1024) -> HookedTransformer:
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from itself or its name ("float32", "bfloat16", "float16")."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _check_n_devices(n_devices: int, target: torch.device) -> None:
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be at least 1, got {n_devices}")
+    if n_devices > 1 and (target.type != "cuda" or torch.cuda.device_count() < n_devices):
+        raise ValueError(
+            f"n_devices={n_devices} splits the model over CUDA devices; "
+            f"{torch.cuda.device_count()} available here: use n_devices=1"
+        )
+
+
+def _finish(model: HookedTransformer, fast_attention: bool) -> HookedTransformer:
+    if fast_attention:
+        from emolens.fast_forward import enable_fast_attention
+
+        enable_fast_attention(model)
+    return model
+
+
+def tiny_random_model(
+    seed: int = 0,
+    n_layers: int = 3,
+    d_model: int = 48,
+    n_ctx: int = 1024,
+    dtype: torch.dtype = torch.float32,
+    n_key_value_heads: int | None = None,
+    local_window: int | None = None,
+    fast_attention: bool = False,
+) -> HookedTransformer:
     """A small randomly initialised HookedTransformer with a byte-level tokenizer.
 
     For fast unit tests and pipeline smoke runs: no weights package, no network, seconds.
+    ``n_key_value_heads`` (of 4 heads) makes the attention grouped-query, as in SmolLM2;
+    ``local_window`` makes every other layer sliding-window attention, as in Gemma 3.
     """
     tokenizer = byte_tokenizer()
     cfg = HookedTransformerConfig(
@@ -189,12 +244,17 @@ def tiny_random_model(seed: int = 0, n_layers: int = 3, d_model: int = 48, n_ctx
         positional_embedding_type="rotary",
         seed=seed,
         device="cpu",
+        dtype=dtype,
+        n_key_value_heads=n_key_value_heads,
+        use_local_attn=local_window is not None,
+        window_size=local_window,
+        attn_types=None if local_window is None else ["local", "global"] * ((n_layers + 1) // 2),
     )
     with _constructing():
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.eval()
     model.emolens_identity = _identity(cfg.model_name, None)  # type: ignore[assignment]
-    return model
+    return _finish(model, fast_attention)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -359,7 +419,9 @@ def _rope_theta(hf_config: Any) -> float:
     return float(theta if theta is not None else getattr(hf_config, "rope_theta", 10000.0))
 
 
-def _load_from_transformer_lens(name: str, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
+def _load_from_transformer_lens(
+    name: str, device: torch.device, dtype: torch.dtype, n_devices: int
+) -> HookedTransformer:
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
 
     if name.lower() not in make_model_alias_map():
@@ -368,6 +430,8 @@ def _load_from_transformer_lens(name: str, device: torch.device, dtype: torch.dt
             f"other names must be TransformerLens models ({len(OFFICIAL_MODEL_NAMES)} known, e.g. 'gpt2')"
         )
     with _constructing():
-        model = HookedTransformer.from_pretrained(name, device=str(device), dtype=dtype, **WEIGHT_PROCESSING)
+        model = HookedTransformer.from_pretrained(
+            name, device=str(device), dtype=dtype, n_devices=n_devices, **WEIGHT_PROCESSING
+        )
     model.emolens_identity = _identity(name, None)  # type: ignore[assignment]
     return model
