@@ -1,4 +1,4 @@
-"""Command line: ``emolens fit | score | sweep | run | monitor | corpus``.
+"""Command line: ``emolens fit | score | calibrate | sweep | run | monitor | corpus``.
 
 Every command takes ``--model`` (a packaged model name, default gemma-3-270m) and
 ``--device``; errors print one line naming the fix and exit with status 2.
@@ -12,8 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emolens.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from emolens.vectors import EmotionVectors
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -42,14 +48,20 @@ def _read_inputs(path: Path) -> list[str]:
     return texts
 
 
-def _score(args: argparse.Namespace) -> int:
+def _vectors_and_model(args: argparse.Namespace) -> tuple[EmotionVectors, HookedTransformer]:
+    """The vectors file and its model (``--model`` or the model recorded in the file)."""
     from emolens.models import load_model
     from emolens.vectors import EmotionVectors
 
     vectors = EmotionVectors.load(args.vectors)
-    model = load_model(args.model, device=args.device)
+    name = args.model or vectors.metadata.get("model", {}).get("model_name", DEFAULT_MODEL)
+    return vectors, load_model(name, device=args.device)
+
+
+def _score(args: argparse.Namespace) -> int:
+    vectors, model = _vectors_and_model(args)
     texts = _read_inputs(Path(args.input))
-    scores = vectors.score(model, texts, layer=args.layer)
+    scores = vectors.score(model, texts, layer=args.layer, calibrated=not args.raw)
     layer = vectors.default_layer if args.layer is None else args.layer
     if args.json:
         rows = [
@@ -68,6 +80,18 @@ def _score(args: argparse.Namespace) -> int:
             f"{vectors.emotions[int(i)]} {float(v):+.3f}" for v, i in zip(top.values, top.indices, strict=True)
         )
         print(f"layer {layer} {text[:60]!r}: {tops}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from emolens.readout import calibrate
+
+    vectors, model = _vectors_and_model(args)
+    started = time.perf_counter()
+    calibration = calibrate(vectors, model, method=args.method)
+    path = vectors.save(args.out or args.vectors)
+    seconds = time.perf_counter() - started
+    print(f"wrote {path} (calibration {calibration.method}, {calibration.settings['tokens']} tokens, {seconds:.0f} s)")
     return 0
 
 
@@ -193,14 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--window", type=int, default=50, help="first token position averaged (default 50)")
     fit.set_defaults(handler=_fit)
 
-    score = sub.add_parser("score", help="score texts on every emotion at one layer")
-    common(score)
+    score = sub.add_parser("score", help="score texts on every emotion at one layer (calibrated)")
+    score.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
+    score.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     score.add_argument("--vectors", required=True)
     score.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl with a 'text' field")
     score.add_argument("--layer", type=int, default=None)
     score.add_argument("--top", type=int, default=5)
     score.add_argument("--json", action="store_true", help="print every score as JSON")
+    score.add_argument("--raw", action="store_true", help="raw projections instead of calibrated readings")
     score.set_defaults(handler=_score)
+
+    calibrate = sub.add_parser("calibrate", help="measure the readout calibration of a vectors file on neutral text")
+    calibrate.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
+    calibrate.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    calibrate.add_argument("--vectors", required=True, help="vectors file to calibrate (format 1 or 2)")
+    methods = ["position", "position+scale", "global", "global+scale"]  # emolens.readout.CALIBRATION_METHODS
+    calibrate.add_argument("--method", default="position", choices=methods)
+    calibrate.add_argument("--out", default=None, help="write here instead of updating --vectors in place")
+    calibrate.set_defaults(handler=_calibrate)
 
     run = sub.add_parser("run", help="the main job: fit, validate, experiments and the HTML report")
     common(run)

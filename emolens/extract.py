@@ -1,18 +1,25 @@
-"""Batched, streaming reductions of the residual stream at every layer.
+"""Running texts through the model in batches, and streaming reductions of the residual stream.
 
-Texts are tokenized once, sorted by length and batched by a token budget. Padding is on
-the right, so under causal attention and absolute rotary positions a real token never
-sees a pad: the activations of a text are the same alone or in a padded batch. Only
-``blocks.{L}.hook_resid_post`` of the requested layers is kept and the forward pass stops
-after the last of them (no logits). Reductions run over a token *window*: positions
-``window_start`` onward (the study uses 50); a text too short for that falls back to its
-second half, and the fallback is counted.
+:func:`run_batches` is the one place that runs the model: texts are tokenized once,
+sorted by length and batched under a token budget, right-padded (under causal attention
+and absolute rotary positions a real token never sees a pad, so a text's activations are
+the same alone or in a padded batch), optional extra forward hooks are applied (steered or
+ablated reads), only ``blocks.{L}.hook_resid_post`` of the requested layers is kept and
+the pass stops after the last of them (no logits). It yields ``(batch, resid)``.
+
+Reductions are small accumulators fed by it (:class:`TextMeansReducer`,
+:class:`GroupSumsReducer`, :class:`TokenMomentsReducer`); :func:`reduce` runs one pass and
+feeds several of them. :class:`ReadOptions` holds the settings they share. Which
+positions a reduction averages over (the *window*), a text's last token and the tokens of
+a character span are chosen by the position selectors of this module only: see
+:func:`window_mask` for the window policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 import einops
 import torch
@@ -20,9 +27,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
 
 DEFAULT_WINDOW_START = 50
 DEFAULT_TOKEN_BUDGET = 4096
+
+ForwardHook = tuple[str, Any]  # (hook name, fn(activation, hook) -> activation | None), as in run_with_hooks
 
 
 def resid_hook(layer: int) -> str:
@@ -46,6 +56,74 @@ def check_layers(model: HookedTransformer, layers: Sequence[int] | str) -> list[
     return out
 
 
+class OptionFields(TypedDict, total=False):
+    layers: Sequence[int] | str
+    window_start: int
+    token_budget: int
+    progress: str | None
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Settings shared by every batched read: layers, window start, token budget, progress label."""
+
+    layers: Sequence[int] | str = "all"
+    window_start: int = DEFAULT_WINDOW_START
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    progress: str | None = None  # tqdm description; None hides the bar
+
+
+def read_options(options: ReadOptions | Sequence[int] | str = "all", **fields: Unpack[OptionFields]) -> ReadOptions:
+    """``ReadOptions`` from an options object or a layer list, with ``fields`` overriding."""
+    base = options if isinstance(options, ReadOptions) else ReadOptions(layers=options)
+    return replace(base, **fields)
+
+
+# ----- positions ------------------------------------------------------------------------
+def text_start(model: HookedTransformer) -> int:
+    """Position of a text's first token: 1 after a BOS, else 0."""
+    return 1 if model.cfg.default_prepend_bos else 0
+
+
+def window_mask(
+    lengths: Int[Tensor, " batch"], n_pos: int, window_start: int, first_text_position: int = 1
+) -> Bool[Tensor, "batch n_pos"]:
+    """The window policy, the same on models with and without BOS.
+
+    Positions are counted as if a BOS sat at position 0 (a model without BOS counts its
+    first text token as position 1). The window is counted positions ``window_start``
+    onward; a text whose counted length is ``<= window_start`` uses its second half
+    (counted positions ``length // 2`` onward). So the BOS is in the window only when
+    ``window_start`` is 0 (every position). ``lengths`` are real sequence lengths (BOS
+    included when there is one).
+    """
+    shift = 1 - first_text_position  # counted = real + shift
+    positions = einops.rearrange(torch.arange(n_pos, device=lengths.device), "pos -> 1 pos")
+    counted_lengths = einops.rearrange(lengths, "batch -> batch 1") + shift
+    start = torch.where(counted_lengths > window_start, window_start, counted_lengths // 2) - shift
+    return (positions >= start) & (positions + shift < counted_lengths)
+
+
+def last_token(lengths: Int[Tensor, " batch"]) -> Int[Tensor, " batch"]:
+    """Position of each text's true last token (never position -1 of a padded row)."""
+    return lengths - 1
+
+
+def char_span_positions(model: HookedTransformer, text: str, start: int, end: int) -> list[int]:
+    """Sequence positions (BOS counted) of the tokens overlapping characters ``start:end`` of ``text``."""
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer; emolens reads text, so load one with a tokenizer")
+    if not 0 <= start < end <= len(text):
+        raise ValueError(f"character span {start}:{end} is not inside the text (0..{len(text)})")
+    offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    first = text_start(model)
+    positions = [first + i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+    if not positions:
+        raise ValueError(f"no token covers characters {start}:{end}; pass a span with text in it")
+    return positions
+
+
+# ----- batching and the forward pass -----------------------------------------------------
 @dataclass
 class Batch:
     """One forward pass worth of texts."""
@@ -53,12 +131,20 @@ class Batch:
     indices: list[int]  # positions of these texts in the caller's list
     tokens: Int[Tensor, "batch pos"]
     window: Bool[Tensor, "batch pos"]  # the positions each reduction averages over
+    lengths: Int[Tensor, " batch"] = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    first_text_position: int = 1  # 1 after a BOS, else 0
+
+    @property
+    def last(self) -> Int[Tensor, " batch"]:
+        return last_token(self.lengths)
 
 
 def tokenize(model: HookedTransformer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text, with BOS when the model expects it (no padding)."""
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; emolens reads text, so load one with a tokenizer")
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings; wrap a single text as [text]")
     if not texts:
         raise ValueError("no texts given; pass at least one non-empty string")
     encoded = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -69,15 +155,8 @@ def tokenize(model: HookedTransformer, texts: Sequence[str]) -> list[list[int]]:
 
 def count_short(model: HookedTransformer, texts: Sequence[str], window_start: int = DEFAULT_WINDOW_START) -> int:
     """How many texts are too short for the window and fall back to their second half."""
-    return sum(len(ids) <= window_start for ids in tokenize(model, texts))
-
-
-def window_mask(lengths: Int[Tensor, " batch"], n_pos: int, window_start: int) -> Bool[Tensor, "batch n_pos"]:
-    """Positions ``window_start..length-1``; texts of ``length <= window_start`` use their second half."""
-    positions = einops.rearrange(torch.arange(n_pos, device=lengths.device), "pos -> 1 pos")
-    lengths_col = einops.rearrange(lengths, "batch -> batch 1")
-    start = torch.where(lengths_col > window_start, window_start, lengths_col // 2)
-    return (positions >= start) & (positions < lengths_col)
+    shift = 1 - text_start(model)
+    return sum(len(ids) + shift <= window_start for ids in tokenize(model, texts))
 
 
 def batches(
@@ -90,6 +169,7 @@ def batches(
     ids = tokenize(model, texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+    first = text_start(model)
     out: list[Batch] = []
     group: list[int] = []
     for index in [*order, None]:
@@ -99,35 +179,72 @@ def batches(
             for row, text_index in enumerate(group):
                 tokens[row, : len(ids[text_index])] = torch.tensor(ids[text_index])
             lengths = torch.tensor([len(ids[i]) for i in group])
-            out.append(Batch(list(group), tokens, window_mask(lengths, longest, window_start)))
+            window = window_mask(lengths, longest, window_start, first)
+            out.append(Batch(list(group), tokens, window, lengths, first))
             group = []
         if index is not None:
             group.append(index)
     return out
 
 
+def run_batches(
+    model: HookedTransformer,
+    texts: Sequence[str],
+    options: ReadOptions | None = None,
+    hooks: Sequence[ForwardHook] = (),
+) -> Iterator[tuple[Batch, Float[Tensor, "layer batch pos d_model"]]]:
+    """Yield each batch with its residual stream at ``options.layers`` (float32, model device).
+
+    ``hooks`` are extra forward hooks run before the residual stream is read (so a hook at
+    a read layer changes what is read there); they are removed after each batch.
+    """
+    options = options or ReadOptions()
+    chosen = check_layers(model, options.layers)
+    planned = batches(model, texts, options.window_start, options.token_budget)
+    device = model.cfg.device
+    cache: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook: HookPoint) -> None:
+        cache[str(hook.name)] = activation
+
+    reads = [(resid_hook(layer), keep) for layer in chosen]
+    with torch.inference_mode():
+        for batch in tqdm(planned, desc=options.progress, disable=options.progress is None, unit="batch"):
+            cache.clear()
+            model.run_with_hooks(batch.tokens.to(device), fwd_hooks=[*hooks, *reads], stop_at_layer=max(chosen) + 1)
+            resid = torch.stack([cache[resid_hook(layer)] for layer in chosen]).float()
+            batch.window = batch.window.to(resid.device)
+            batch.lengths = batch.lengths.to(resid.device)
+            yield batch, resid
+
+
 def stream_resid(
     model: HookedTransformer,
     texts: Sequence[str],
-    layers: Sequence[int] | str = "all",
-    window_start: int = DEFAULT_WINDOW_START,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-    progress: str | None = None,
+    options: ReadOptions | Sequence[int] | str = "all",
+    **fields: Unpack[OptionFields],
 ) -> Iterator[tuple[Batch, Float[Tensor, "layer batch pos d_model"]]]:
-    """Yield each batch with its residual stream at ``layers`` (float32, model device)."""
-    chosen = check_layers(model, layers)
-    names = {resid_hook(layer) for layer in chosen}
-    planned = batches(model, texts, window_start, token_budget)
-    device = model.cfg.device
-    with torch.inference_mode():
-        for batch in tqdm(planned, desc=progress, disable=progress is None, unit="batch"):
-            tokens = batch.tokens.to(device)
-            _, cache = model.run_with_cache(
-                tokens, names_filter=lambda name: name in names, stop_at_layer=max(chosen) + 1
-            )
-            resid = torch.stack([cache[resid_hook(layer)] for layer in chosen]).float()
-            batch.window = batch.window.to(resid.device)
-            yield batch, resid
+    """:func:`run_batches` with options given as a layer list and keywords (no extra hooks)."""
+    return run_batches(model, texts, read_options(options, **fields))
+
+
+# ----- reductions -----------------------------------------------------------------------
+@runtime_checkable
+class Reducer(Protocol):
+    def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None: ...
+
+
+def reduce(
+    model: HookedTransformer,
+    texts: Sequence[str],
+    options: ReadOptions,
+    reducers: Sequence[Reducer],
+    hooks: Sequence[ForwardHook] = (),
+) -> None:
+    """One pass over ``texts`` feeding every reducer each batch."""
+    for batch, resid in run_batches(model, texts, options, hooks):
+        for reducer in reducers:
+            reducer.add(batch, resid)
 
 
 def masked_means(
@@ -140,23 +257,27 @@ def masked_means(
     return sums / counts
 
 
+class TextMeansReducer:
+    """Window mean of every text at every layer (on CPU): texts x layers x d_model."""
+
+    def __init__(self, n_texts: int, n_layers: int, d_model: int) -> None:
+        self.means = torch.zeros(n_texts, n_layers, d_model)
+
+    def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None:
+        self.means[batch.indices] = masked_means(resid, batch.window).cpu()
+
+
 def text_means(
     model: HookedTransformer,
     texts: Sequence[str],
-    layers: Sequence[int] | str = "all",
-    window_start: int = DEFAULT_WINDOW_START,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-    progress: str | None = None,
+    options: ReadOptions | Sequence[int] | str = "all",
+    **fields: Unpack[OptionFields],
 ) -> Float[Tensor, "text layer d_model"]:
     """Window-mean residual stream of every text at every requested layer (on CPU)."""
-    out: Tensor | None = None
-    for batch, resid in stream_resid(model, texts, layers, window_start, token_budget, progress):
-        means = masked_means(resid, batch.window).cpu()
-        if out is None:
-            out = torch.zeros(len(texts), means.shape[1], means.shape[2])
-        out[batch.indices] = means
-    assert out is not None
-    return out
+    chosen = read_options(options, **fields)
+    reducer = TextMeansReducer(len(texts), len(check_layers(model, chosen.layers)), model.cfg.d_model)
+    reduce(model, texts, chosen, [reducer])
+    return reducer.means
 
 
 @dataclass
@@ -170,27 +291,37 @@ class GroupSums:
         return self.sums / einops.rearrange(self.counts.clamp(min=1), "group -> group 1 1")
 
 
+class GroupSumsReducer:
+    """Per group, the sum (float64) and count of its texts' window means."""
+
+    def __init__(self, groups: Sequence[int], n_groups: int, n_layers: int, d_model: int) -> None:
+        self.group_of = torch.tensor(list(groups))
+        self.sums = torch.zeros(n_groups, n_layers, d_model, dtype=torch.float64)
+        self.counts = torch.zeros(n_groups, dtype=torch.long)
+
+    def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None:
+        means = masked_means(resid, batch.window).double().cpu()
+        batch_groups = self.group_of[batch.indices]
+        self.sums.index_add_(0, batch_groups, means)
+        self.counts.index_add_(0, batch_groups, torch.ones_like(batch_groups))
+
+    def result(self) -> GroupSums:
+        return GroupSums(self.sums.float(), self.counts)
+
+
 def group_sums(
     model: HookedTransformer,
     texts: Sequence[str],
     groups: Sequence[int],
     n_groups: int,
-    layers: Sequence[int] | str = "all",
-    window_start: int = DEFAULT_WINDOW_START,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-    progress: str | None = None,
+    options: ReadOptions | Sequence[int] | str = "all",
+    **fields: Unpack[OptionFields],
 ) -> GroupSums:
     """Per group, the sum (and count) of its texts' window means, accumulated batch by batch."""
-    n_layers = len(check_layers(model, layers))
-    sums = torch.zeros(n_groups, n_layers, model.cfg.d_model, dtype=torch.float64)
-    counts = torch.zeros(n_groups, dtype=torch.long)
-    group_of = torch.tensor(list(groups))
-    for batch, resid in stream_resid(model, texts, layers, window_start, token_budget, progress):
-        means = masked_means(resid, batch.window).double().cpu()
-        batch_groups = group_of[batch.indices]
-        sums.index_add_(0, batch_groups, means)
-        counts.index_add_(0, batch_groups, torch.ones_like(batch_groups))
-    return GroupSums(sums.float(), counts)
+    chosen = read_options(options, **fields)
+    reducer = GroupSumsReducer(groups, n_groups, len(check_layers(model, chosen.layers)), model.cfg.d_model)
+    reduce(model, texts, chosen, [reducer])
+    return reducer.result()
 
 
 @dataclass
@@ -203,40 +334,50 @@ class TokenMoments:
     mean_norm: Float[Tensor, " layer"]  # mean L2 norm of the residual stream
 
 
-def token_moments(
-    model: HookedTransformer,
-    texts: Sequence[str],
-    layers: Sequence[int] | str = "all",
-    window_start: int = DEFAULT_WINDOW_START,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-    progress: str | None = None,
-) -> TokenMoments:
-    """Mean, covariance and mean norm of window tokens at each layer, streamed.
+class TokenMomentsReducer:
+    """Mean, covariance and mean norm of window tokens at each layer.
 
     Sums are taken of tokens minus a shift (the first batch's mean), so that a residual
     stream with a large mean does not cancel catastrophically in ``E[xx] - mean mean``;
     each batch's products are float32, accumulated in float64.
     """
-    n_layers, d_model = len(check_layers(model, layers)), model.cfg.d_model
-    total = torch.zeros(n_layers, d_model, dtype=torch.float64)
-    outer = torch.zeros(n_layers, d_model, d_model, dtype=torch.float64)
-    norm_total = torch.zeros(n_layers, dtype=torch.float64)
-    shift: Tensor | None = None
-    count = 0
-    for batch, resid in stream_resid(model, texts, layers, window_start, token_budget, progress):
+
+    def __init__(self, n_layers: int, d_model: int) -> None:
+        self.total = torch.zeros(n_layers, d_model, dtype=torch.float64)
+        self.outer = torch.zeros(n_layers, d_model, d_model, dtype=torch.float64)
+        self.norm_total = torch.zeros(n_layers, dtype=torch.float64)
+        self.shift: Tensor | None = None
+        self.count = 0
+
+    def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None:
         tokens = resid[:, batch.window]  # layer token d_model
-        if shift is None:
-            shift = tokens.mean(dim=1, keepdim=True)
-        shifted = tokens - shift
-        total += shifted.sum(dim=1).double().cpu()
-        outer += einops.einsum(shifted, shifted, "layer token i, layer token j -> layer i j").double().cpu()
-        norm_total += tokens.norm(dim=-1).sum(dim=1).double().cpu()
-        count += tokens.shape[1]
-    if count < 2 or shift is None:
-        raise ValueError("fewer than 2 window tokens in the neutral texts; give longer or more texts")
-    shifted_mean = total / count
-    covariance = (outer - count * einops.einsum(shifted_mean, shifted_mean, "layer i, layer j -> layer i j")) / (
-        count - 1
-    )
-    mean = shifted_mean + shift[:, 0].double().cpu()
-    return TokenMoments(count, mean.float(), covariance.float(), (norm_total / count).float())
+        if self.shift is None:
+            self.shift = tokens.mean(dim=1, keepdim=True)
+        shifted = tokens - self.shift
+        self.total += shifted.sum(dim=1).double().cpu()
+        self.outer += einops.einsum(shifted, shifted, "layer token i, layer token j -> layer i j").double().cpu()
+        self.norm_total += tokens.norm(dim=-1).sum(dim=1).double().cpu()
+        self.count += tokens.shape[1]
+
+    def result(self) -> TokenMoments:
+        count, shift = self.count, self.shift
+        if count < 2 or shift is None:
+            raise ValueError("fewer than 2 window tokens in the neutral texts; give longer or more texts")
+        shifted_mean = self.total / count
+        spread = einops.einsum(shifted_mean, shifted_mean, "layer i, layer j -> layer i j")
+        covariance = (self.outer - count * spread) / (count - 1)
+        mean = shifted_mean + shift[:, 0].double().cpu()
+        return TokenMoments(count, mean.float(), covariance.float(), (self.norm_total / count).float())
+
+
+def token_moments(
+    model: HookedTransformer,
+    texts: Sequence[str],
+    options: ReadOptions | Sequence[int] | str = "all",
+    **fields: Unpack[OptionFields],
+) -> TokenMoments:
+    """Mean, covariance and mean norm of window tokens at each layer, streamed (see :class:`TokenMomentsReducer`)."""
+    chosen = read_options(options, **fields)
+    reducer = TokenMomentsReducer(len(check_layers(model, chosen.layers)), model.cfg.d_model)
+    reduce(model, texts, chosen, [reducer])
+    return reducer.result()

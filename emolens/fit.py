@@ -3,23 +3,31 @@
 The study's recipe (``mean_diff``): the mean over an emotion's stories of each story's
 window-mean residual stream, minus the mean over emotions; then project out the top
 principal components of neutral-text activations that explain ``denoise_variance`` of
-their variance; then unit-normalise. Alternatives share one signature,
-``method(inputs: FitInputs) -> Float[Tensor, "layer emotion d_model"]``, so they can be
-compared on the same validation split: ``mean_diff_raw`` (no denoising) and ``probe``
-(multinomial logistic regression on story means).
+their variance (0 turns denoising off); then unit-normalise. Alternatives share one
+signature, ``method(inputs: FitInputs) -> Float[Tensor, "layer emotion d_model"]``, so
+they can be compared on the same validation split: ``mean_diff_raw`` (no denoising) and
+``probe`` (multinomial logistic regression on story means).
+
+Story means are kept (stories x layers x d_model), so the best layer is chosen by
+cross-validation *within the training stories* at no extra model cost (folds of each
+emotion's stories; the held-out validation split is never used to choose it).
+The fit ends by measuring the readout calibration on the neutral texts
+(:func:`emolens.readout.calibrate`).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import einops
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
@@ -29,64 +37,55 @@ from emolens.corpus import Story, load_neutral, load_stories
 from emolens.extract import (
     DEFAULT_TOKEN_BUDGET,
     DEFAULT_WINDOW_START,
+    ReadOptions,
     TokenMoments,
     check_layers,
     count_short,
-    group_sums,
     resid_hook,
     text_means,
     token_moments,
 )
 from emolens.models import model_identity
-from emolens.vectors import EmotionVectors, default_layer_for
+from emolens.readout import DEFAULT_CALIBRATION, calibrate
+from emolens.vectors import EmotionVectors, default_layer_for, weight_fingerprint
 
 MIN_STORIES_PER_EMOTION = 2
+CV_FOLDS = 5
 
 
 @dataclass
 class FitInputs:
-    """Everything a fitting method may use."""
+    """Everything a fitting method may use (story means are computed once, before any method runs)."""
 
-    model: HookedTransformer
-    texts: list[str]  # training stories
-    labels: list[int]  # index into ``emotions`` for each text
+    story_means: Float[Tensor, "text layer d_model"]  # window mean of each training story
+    labels: list[int]  # index into ``emotions`` for each story
     emotions: list[str]
     layers: list[int]
     neutral: TokenMoments  # token moments of neutral text at ``layers``
     denoise_variance: float
-    window_start: int
-    token_budget: int
-    means: Tensor | None = None  # emotion means, once computed: Float[Tensor, "layer emotion d_model"]
 
 
 def emotion_means(inputs: FitInputs) -> Float[Tensor, "layer emotion d_model"]:
-    """Per emotion, the mean of its stories' window means (streamed running sums; computed once)."""
-    if inputs.means is not None:
-        return inputs.means
-    sums = group_sums(
-        inputs.model,
-        inputs.texts,
-        inputs.labels,
-        len(inputs.emotions),
-        inputs.layers,
-        inputs.window_start,
-        inputs.token_budget,
-        progress="stories",
-    )
-    inputs.means = einops.rearrange(sums.means(), "emotion layer d -> layer emotion d")
-    return inputs.means
+    """Per emotion, the mean of its stories' window means."""
+    one_hot = torch.nn.functional.one_hot(torch.tensor(inputs.labels), len(inputs.emotions)).double()
+    sums = einops.einsum(one_hot, inputs.story_means.double(), "text emotion, text layer d -> layer emotion d")
+    counts = einops.rearrange(one_hot.sum(0).clamp(min=1), "emotion -> 1 emotion 1")
+    return (sums / counts).float()
 
 
 def neutral_subspace(
     covariance: Float[Tensor, "layer d_model d_model"], variance_fraction: float
 ) -> list[Float[Tensor, "d_model _k"]]:
-    """Per layer, the top principal axes explaining ``variance_fraction`` of the variance."""
+    """Per layer, the top principal axes explaining ``variance_fraction`` of the variance (none for 0)."""
     bases = []
     for layer_cov in covariance.double():
         eigenvalues, eigenvectors = torch.linalg.eigh(layer_cov)
         eigenvalues, eigenvectors = eigenvalues.flip(0).clamp(min=0), eigenvectors.flip(1)
         explained = eigenvalues.cumsum(0) / eigenvalues.sum()
-        k = int(torch.searchsorted(explained, torch.tensor(variance_fraction, dtype=explained.dtype)).item()) + 1
+        k = 0
+        if variance_fraction > 0:
+            target = torch.tensor(variance_fraction, dtype=explained.dtype)
+            k = int(torch.searchsorted(explained, target).item()) + 1
         bases.append(eigenvectors[:, : min(k, eigenvectors.shape[1])].float())
     return bases
 
@@ -114,21 +113,20 @@ def mean_diff(inputs: FitInputs) -> Float[Tensor, "layer emotion d_model"]:
 
 
 def probe(inputs: FitInputs) -> Float[Tensor, "layer emotion d_model"]:
-    """Rows of a multinomial logistic regression on story means (centred), one per layer."""
+    """Rows of a multinomial logistic regression on story means (centred), one per layer.
+
+    With two emotions the regression has one weight vector w (emotion 1 vs 0): the rows
+    are -w and +w, the same directions a two-class softmax would give.
+    """
     from sklearn.linear_model import LogisticRegression
 
-    features = text_means(
-        inputs.model, inputs.texts, inputs.layers, inputs.window_start, inputs.token_budget, progress="stories"
-    )
     labels = np.asarray(inputs.labels)
-    one_hot = torch.nn.functional.one_hot(torch.from_numpy(labels), len(inputs.emotions)).float()
-    sums = einops.einsum(one_hot, features, "text emotion, text layer d -> layer emotion d")
-    inputs.means = sums / einops.rearrange(one_hot.sum(0).clamp(min=1), "emotion -> 1 emotion 1")
     weights = []
-    for row in range(features.shape[1]):
-        x = features[:, row].numpy()
+    for row in range(inputs.story_means.shape[1]):
+        x = inputs.story_means[:, row].double().numpy()
         classifier = LogisticRegression(C=1.0, max_iter=300).fit(x - x.mean(axis=0), labels)
-        weights.append(torch.from_numpy(classifier.coef_).float())
+        coef = torch.from_numpy(classifier.coef_).float()
+        weights.append(torch.cat([-coef, coef]) if coef.shape[0] == 1 else coef)
     return torch.stack(weights)
 
 
@@ -137,6 +135,62 @@ METHODS: dict[str, Callable[[FitInputs], Tensor]] = {
     "mean_diff_raw": mean_diff_raw,
     "probe": probe,
 }
+
+
+def unit_vectors(raw: Float[Tensor, "layer emotion d_model"]) -> Float[Tensor, "layer emotion d_model"]:
+    norms = raw.norm(dim=-1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError("a fitted direction is zero: the corpus does not separate these emotions")
+    return raw / norms
+
+
+def fold_of(labels: Sequence[int], folds: int) -> Int[Tensor, " text"]:
+    """Stratified folds: the k-th story of each emotion goes to fold ``k % folds``."""
+    seen: dict[int, int] = {}
+    out = []
+    for label in labels:
+        out.append(seen.get(label, 0) % folds)
+        seen[label] = seen.get(label, 0) + 1
+    return torch.tensor(out)
+
+
+def cross_validated_top1(inputs: FitInputs, method: str, folds: int = CV_FOLDS) -> list[float]:
+    """Per layer, top-1 accuracy of ``method`` on training stories held out fold by fold."""
+    fold = fold_of(inputs.labels, folds)
+    labels = torch.tensor(inputs.labels)
+    hits = torch.zeros(len(inputs.layers))
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        sub = replace(inputs, story_means=inputs.story_means[train], labels=labels[train].tolist())
+        vectors = unit_vectors(METHODS[method](sub))
+        center = einops.reduce(emotion_means(sub), "layer emotion d -> layer 1 d", "mean")
+        held = einops.rearrange(inputs.story_means[test], "text layer d -> layer text d") - center
+        scores = einops.einsum(held, vectors, "layer text d, layer emotion d -> layer text emotion")
+        hits += (scores.argmax(dim=-1) == labels[test]).float().sum(dim=1)
+    return (hits / len(labels)).tolist()
+
+
+def layer_selection(inputs: FitInputs, method: str) -> dict[str, Any] | None:
+    """Cross-validated top-1 per layer on the training stories and the best layer (None for ``probe``: too slow)."""
+    if method == "probe":
+        return None
+    folds = int(min(CV_FOLDS, min(np.bincount(inputs.labels))))
+    top1 = cross_validated_top1(inputs, method, folds)
+    best = inputs.layers[int(np.argmax(top1))]
+    return {"folds": folds, "cv_top1": [round(v, 4) for v in top1], "best_layer": best}
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()
+
+
+def choose_default_layer(n_layers: int, fitted: Sequence[int]) -> tuple[int, str]:
+    """The study's two-thirds layer when fitted, else the fitted layer nearest to it; and the rule used."""
+    study = default_layer_for(n_layers)
+    if study in fitted:
+        return study, "round(2 * n_layers / 3) - 1 (the study's two-thirds depth)"
+    nearest = min(fitted, key=lambda layer: (abs(layer - study), layer))
+    return nearest, f"the fitted layer nearest to the study's two-thirds depth {study} (which was not fitted)"
 
 
 def fit_emotion_vectors(
@@ -149,11 +203,13 @@ def fit_emotion_vectors(
     emotions: Sequence[str] | None = None,
     window_start: int = DEFAULT_WINDOW_START,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
+    calibration: str | None = DEFAULT_CALIBRATION,
 ) -> EmotionVectors:
     """Fit one unit vector per emotion per layer (defaults: packaged corpus, all layers, the study's recipe).
 
     ``stories`` default to the packaged training split, ``neutral`` to the packaged neutral
-    corpus; ``emotions`` restricts the fit to a subset of concepts.
+    corpus; ``emotions`` restricts the fit to a subset of concepts; ``calibration`` is the
+    readout calibration measured on ``neutral`` afterwards (``None`` skips it).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -173,28 +229,30 @@ def fit_emotion_vectors(
     neutral_texts = list(neutral) if neutral is not None else load_neutral()
     if not neutral_texts:
         raise ValueError("empty neutral corpus: denoising and steering units need neutral texts")
-    moments = token_moments(model, neutral_texts, chosen_layers, window_start, token_budget, progress="neutral")
+    options = ReadOptions(layers=chosen_layers, window_start=window_start, token_budget=token_budget)
+    moments = token_moments(model, neutral_texts, replace(options, progress="neutral"))
+    story_texts = [s.text for s in stories]
     inputs = FitInputs(
-        model=model,
-        texts=[s.text for s in stories],
+        story_means=text_means(model, story_texts, replace(options, progress="stories")),
         labels=[wanted.index(s.emotion) for s in stories],
         emotions=wanted,
         layers=chosen_layers,
         neutral=moments,
         denoise_variance=denoise_variance,
-        window_start=window_start,
-        token_budget=token_budget,
     )
-    raw = METHODS[method](inputs)
+    vectors = unit_vectors(METHODS[method](inputs))
     center = einops.reduce(emotion_means(inputs), "layer emotion d -> layer d", "mean")
-    norms = raw.norm(dim=-1, keepdim=True)
-    if bool((norms == 0).any()):
-        raise ValueError("a fitted direction is zero: the corpus does not separate these emotions")
-    vectors = raw / norms
-    default = default_layer_for(model.cfg.n_layers)
-    if default not in chosen_layers:
-        default = chosen_layers[len(chosen_layers) * 2 // 3]
-    return EmotionVectors(
+    default, default_rule = choose_default_layer(model.cfg.n_layers, chosen_layers)
+    settings = {
+        "method": method,
+        "denoise_variance": denoise_variance if method == "mean_diff" else None,
+        "window_start": window_start,
+        "token_budget": token_budget,
+        "layers": chosen_layers,
+        "emotions": len(wanted),
+        "calibration": calibration,
+    }
+    result = EmotionVectors(
         emotions=wanted,
         layers=chosen_layers,
         vectors=vectors,
@@ -203,18 +261,30 @@ def fit_emotion_vectors(
         default_layer=default,
         metadata={
             "model": model_identity(model),
+            "weight_fingerprint": weight_fingerprint(model),
             "hook": resid_hook(0).replace(".0.", ".{L}."),
             "method": method,
             "window_start": window_start,
-            "denoise_variance": denoise_variance if method == "mean_diff" else None,
+            "denoise_variance": settings["denoise_variance"],
+            "settings": settings,
+            "corpus": {
+                "stories_sha256": texts_digest(story_texts),
+                "neutral_sha256": texts_digest(neutral_texts),
+                "stories": len(story_texts),
+                "neutral_texts": len(neutral_texts),
+            },
             "stories_per_emotion": counts,
             "neutral_tokens": moments.count,
             "short_text_fallbacks": {
-                "stories": count_short(model, inputs.texts, window_start),
+                "stories": count_short(model, story_texts, window_start),
                 "neutral": count_short(model, neutral_texts, window_start),
             },
-            "default_layer_rule": "round(2 * n_layers / 3) - 1 (the study's two-thirds depth)",
+            "layer_selection": layer_selection(inputs, method),
+            "default_layer_rule": default_rule,
             "fitted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "emolens": importlib.metadata.version("emolens"),
         },
     )
+    if calibration is not None:
+        calibrate(result, model, neutral_texts, method=calibration)
+    return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -112,7 +114,8 @@ def test_score_and_read_shapes_and_consistency(tiny_model, tiny_vectors) -> None
     assert scores.shape == (2, 3)
     per_token = tiny_vectors.read(tiny_model, "one text")
     assert per_token.shape == (len(tiny_model.to_str_tokens("one text")), 3)
-    assert torch.allclose(per_token[1:].mean(dim=0), scores[0], atol=1e-5)  # score skips BOS
+    (batch,) = batches(tiny_model, ["one text"], window_start=WINDOW)  # short: its second half, never the BOS
+    assert not batch.window[0, 0] and torch.allclose(per_token[batch.window[0]].mean(dim=0), scores[0], atol=1e-5)
 
 
 def test_unknown_emotion_names_closest(tiny_vectors) -> None:
@@ -147,6 +150,30 @@ def test_corrupt_vectors_file(tiny_vectors, tmp_path) -> None:
     path = tiny_vectors.save(tmp_path / "v.safetensors")
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="corrupt vectors file"):
+        EmotionVectors.load(path)
+
+
+def test_vectors_file_pair_is_checked(tiny_vectors, tmp_path) -> None:
+    """A .json target, tensors beside another save's sidecar, and missing tensors are each one clear error."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    with pytest.raises(ValueError, match=r"save to a \.safetensors path"):
+        tiny_vectors.save(tmp_path / "v.json")
+    assert not (tmp_path / "v.json").exists()
+    path = tiny_vectors.save(tmp_path / "v.safetensors")
+    old_sidecar = path.with_suffix(".json").read_text()
+    replace(tiny_vectors, resid_norms=tiny_vectors.resid_norms * 2).save(path)
+    path.with_suffix(".json").write_text(old_sidecar)  # as if a crash came between the two writes
+    with pytest.raises(ValueError, match="from different saves"):
+        EmotionVectors.load(path)
+    tiny_vectors.save(path)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    del sidecar["tensors_sha256"]  # a file written by hand, without the hash
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    save_file({"vectors": tiny_vectors.vectors.contiguous()}, str(path))
+    with pytest.raises(ValueError, match="lacks center, resid_norms"):
         EmotionVectors.load(path)
 
 
