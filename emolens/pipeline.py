@@ -39,12 +39,14 @@ TINY = "tiny"  # ``--model tiny``: the random test model with a small fit (smoke
 TINY_EMOTIONS = (
     *("afraid", "angry", "blissful", "calm", "desperate", "happy"),
     *("hostile", "joyful", "loving", "nervous", "proud", "sad"),
+    *("envious", "panicked", "excited", "bored"),  # three speaker pairs (speakers.jsonl)
 )
 FIT_SETTINGS: dict[str, Any] = {"method": "mean_diff", "denoise_variance": 0.5, "window_start": 50, "emotions": "all"}
 QUICK_EMOTIONS = (  # the quick profile's fit on a packaged model: covers every experiment's emotion list
     *("happy", "excited", "proud", "loving", "calm", "surprised", "sad", "afraid", "angry", "ashamed", "bored"),
     *("nervous", "desperate", "blissful", "hostile", "joyful", "content", "anxious", "guilty", "grateful"),
     *("lonely", "hopeful", "frustrated", "peaceful"),
+    *("envious", "panicked"),  # with proud, calm, excited, bored: three speaker pairs (speakers.jsonl)
 )
 TINY_FIT_SETTINGS: dict[str, Any] = {
     **FIT_SETTINGS,
@@ -71,7 +73,7 @@ def load(model_name: str, device: str | None = None) -> HookedTransformer:
 
 
 def fit_settings(model_name: str, profile: str = "cpu") -> dict[str, Any]:
-    """The fit a run makes: the study's recipe on the packaged corpus (``quick``: 24 emotions), or a tiny one."""
+    """The fit a run makes: the study's recipe on the packaged corpus (``quick``: 26 emotions), or a tiny one."""
     if model_name == TINY:
         return dict(TINY_FIT_SETTINGS)
     return {**FIT_SETTINGS, "emotions": list(QUICK_EMOTIONS)} if profile == "quick" else dict(FIT_SETTINGS)

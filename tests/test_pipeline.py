@@ -91,7 +91,11 @@ def test_run_writes_results_and_report_then_resumes(toy_registry: list[str], fit
         "failed",
     ]
     feels = json.loads((out / "results" / "feels.json").read_text())
-    assert feels["total"] == 12.0 and feels["_stage"]["profile"] == "quick" and len(feels["_stage"]["key"]) == 20
+    assert (
+        feels["total"] == len(pipeline.TINY_EMOTIONS)
+        and feels["_stage"]["profile"] == "quick"
+        and len(feels["_stage"]["key"]) == 20
+    )
     validation = json.loads((out / "results" / "validation.json").read_text())
     assert [acc["layer"] for acc in validation["per_layer"]] == [0, 1, 2]
     held_out = pipeline.stories_for("validation", pipeline.fit_settings(pipeline.TINY)) or []
@@ -99,7 +103,7 @@ def test_run_writes_results_and_report_then_resumes(toy_registry: list[str], fit
     assert not (out / "results" / "broken.json").exists()
 
     index = (out / "report" / "index.html").read_text()
-    assert "total &lt;12.0&gt;" in (out / "report" / "feels.html").read_text()
+    assert f"total &lt;{len(pipeline.TINY_EMOTIONS)}.0&gt;" in (out / "report" / "feels.html").read_text()
     assert 'href="validation.html"' in index and 'href="feels.html"' in index and "broken failed" in index
     assert "toy total" in index and "held-out top-1 at default layer" in index
     assert index.count("data:image/png;base64,") == 1  # the form/act figure
@@ -112,7 +116,7 @@ def test_run_writes_results_and_report_then_resumes(toy_registry: list[str], fit
     toy_registry.clear()
     pipeline.run_all(pipeline.TINY, out, profile="quick", seed=1)  # a changed setting recomputes
     assert toy_registry == ["feels", "broken"]
-    assert json.loads((out / "results" / "feels.json").read_text())["total"] == 13.0
+    assert json.loads((out / "results" / "feels.json").read_text())["total"] == len(pipeline.TINY_EMOTIONS) + 1
 
     toy_registry.clear()
     pipeline.run_all(pipeline.TINY, out, profile="cpu", only=["feels"], seed=1)

@@ -19,6 +19,10 @@ EXPERIMENTS: tuple[str, ...] = (
     # form: what the directions encode and where
     "geometry",
     "layers",
+    "scenarios",
+    "intensity",
+    "speakers",
+    "corpus_scan",
     # act: where the directions change behaviour
     "feels",
     "ablation",
