@@ -12,8 +12,11 @@ from emolens.fit import fit_emotion_vectors
 pytestmark = pytest.mark.integration
 
 EMOTIONS = ["happy", "sad", "calm", "afraid", "angry", "bored"]
-LAYER = 6  # inside the band where steering works on gemma-3-270m (docs/results.md, feels)
-ALPHA = 0.25
+# The middle layer of 18. Measured on these prompts: layers 9, 11 and 14 move the word pair
+# the right way at alpha 0.1 and 0.25 on every prompt; layer 6 at 0.25 raised it for "sad"
+# too after "Honestly, right now I am", and layer 3 at 0.25 raises it for both emotions.
+LAYER = 9
+ALPHA = 0.1
 PROMPTS = ["Today I feel", "When I woke up this morning, I felt", "Honestly, right now I am"]
 
 
