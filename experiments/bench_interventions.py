@@ -141,3 +141,46 @@ def bench_generate(name: str, vectors: str | None = None, new_tokens: int = 32, 
         round(every / plain, 3),
         round(generated / plain, 3),
     )
+
+
+@dataclass
+class RaySpeed:
+    model: str
+    executor: str
+    workers: int
+    cells: int
+    prompts: int
+    seconds: float
+    cells_per_s: float
+
+
+def bench_ray(name: str, vectors: str | None = None) -> list[RaySpeed]:
+    """Cells/s of one sweep (4 emotions x 6 layers x 5 alphas, 16 prompts): in-process, Ray with 1 and 2 workers.
+
+    Ray is started once before timing (a cluster is up before a sweep); each Ray timing
+    includes the workers' model loads, which a sweep pays once per worker.
+    """
+    import ray
+
+    from emolens.corpus import data_path, read_jsonl
+    from emolens.sweep import sweep
+
+    model, vecs = _load(name, vectors)
+    prompts = [row["text"] for row in read_jsonl(data_path("feels_prompts.jsonl"))][:16]
+    n = model.cfg.n_layers
+    layers = sorted({round(i * (n - 1) / 5) for i in range(6)})
+    cells = len(EMOTIONS) * len(layers) * len(ALPHAS)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out = []
+    try:
+        for executor, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+            started = time.perf_counter()
+            count = workers if executor == "ray" else None
+            sweep(model, vecs, prompts, EMOTIONS, layers, ALPHAS, targets=EMOTIONS, executor=executor, workers=count)
+            seconds = time.perf_counter() - started
+            out.append(
+                RaySpeed(name, executor, workers, cells, len(prompts), round(seconds, 1), round(cells / seconds, 2))
+            )
+    finally:
+        ray.shutdown()
+    return out

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from experiments.bench_choice import bench_choice
-from experiments.bench_interventions import bench_generate, bench_sweep
+from experiments.bench_interventions import bench_generate, bench_ray, bench_sweep
 from experiments.bench_monitor import bench_monitor
 
 PACKAGED = ["gemma-3-270m", "smollm2-135m-instruct"]
@@ -44,7 +44,6 @@ _FIT_PROBE = """
 import json
 from pathlib import Path
 
-from experiments.bench_interventions import bench_generate, bench_sweep
 from emolens.corpus import load_neutral, load_stories
 from emolens.fit import fit_emotion_vectors
 from emolens.models import load_model
@@ -98,6 +97,7 @@ def bench_load(name: str, runs: int = 3) -> LoadTimes:
 @dataclass
 class Throughput:
     model: str
+    fast_attention: bool
     texts: int
     tokens: int
     emolens_tokens_per_s: float
@@ -105,12 +105,16 @@ class Throughput:
     ratio: float
 
 
-def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> Throughput:
-    """All-layer extraction (emolens) vs ``hf_model.model(...)`` (no LM head) on the same batches."""
+def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> list[Throughput]:
+    """All-layer extraction (emolens, TransformerLens' attention and the fused one) vs ``hf_model.model(...)``.
+
+    The HF forward has no LM head; all three run the same batches in one process, interleaved.
+    """
     import torch
 
     from emolens.corpus import load_stories
     from emolens.extract import batches, masked_means, stream_resid
+    from emolens.fast_forward import disable_fast_attention, enable_fast_attention
     from emolens.models import load_hf_model, load_model
 
     model = load_model(name, device="cpu")
@@ -119,23 +123,39 @@ def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> Throughp
     planned = batches(model, texts)
     n_tokens = sum(b.tokens.numel() for b in planned)  # padded positions: both sides compute them
 
-    def ours() -> None:
-        for batch, resid in stream_resid(model, texts):
-            masked_means(resid, batch.window)
+    def ours(fast: bool) -> Callable[[], None]:
+        def run() -> None:
+            (enable_fast_attention if fast else disable_fast_attention)(model)
+            for batch, resid in stream_resid(model, texts):
+                masked_means(resid, batch.window)
+
+        return run
 
     def theirs() -> None:
         with torch.inference_mode():
             for batch in planned:
                 hf_model.model(input_ids=batch.tokens)  # right padding: causal attention needs no mask
 
-    timings: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for _ in range(repeats):  # interleaved, so drift hits both alike
-        for label, run in (("ours", ours), ("theirs", theirs)):
+    runs = {"hooked": ours(False), "fused": ours(True), "theirs": theirs}
+    timings: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeats):  # interleaved, so drift hits all alike
+        for label, run in runs.items():
             started = time.perf_counter()
             run()
             timings[label].append(time.perf_counter() - started)
-    ours_s, theirs_s = min(timings["ours"]), min(timings["theirs"])
-    return Throughput(name, n_texts, n_tokens, n_tokens / ours_s, n_tokens / theirs_s, theirs_s / ours_s)
+    theirs_s = min(timings["theirs"])
+    return [
+        Throughput(
+            name,
+            fast,
+            n_texts,
+            n_tokens,
+            n_tokens / min(timings[label]),
+            n_tokens / theirs_s,
+            theirs_s / min(timings[label]),
+        )
+        for label, fast in (("hooked", False), ("fused", True))
+    ]
 
 
 @dataclass
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         "what",
         nargs="?",
         default="all",
-        choices=["load", "throughput", "memory", "sweep", "generate", "monitor", "choice", "all"],
+        choices=["load", "throughput", "memory", "sweep", "generate", "ray", "monitor", "choice", "all"],
     )
     parser.add_argument("--models", nargs="+", default=PACKAGED)
     args = parser.parse_args(argv)
@@ -181,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory": bench_memory,
         "sweep": bench_sweep,
         "generate": bench_generate,
+        "ray": bench_ray,
         "monitor": bench_monitor,
         "choice": bench_choice,
     }
