@@ -14,6 +14,12 @@ working. A call falls back to TransformerLens' own forward whenever a hook sits 
 generation hooks ``blocks.0.attn.hook_attn_scores``) and whenever the layer uses a feature
 the fused path does not reproduce (see :func:`fused_attention_supported`).
 
+The unembedding gets the same treatment of memory layout: TransformerLens 3.9 calls
+``F.linear(residual, W_U.T.contiguous(), b_U)``, which copies ``W_U`` on every forward
+(670 MB for Gemma 3's 262k-token vocabulary). :func:`store_unembed_transposed` keeps
+``W_U`` as a transposed view of a contiguous ``vocab x d_model`` buffer, so that copy is a
+no-op and the matmul (same call, same layout) gives bit-identical logits.
+
 This is the only place emolens changes TransformerLens' computation. It is switched on by
 :func:`emolens.models.load_model` (``fast_attention=True``) and proven equal, hook by hook,
 in tests/test_fast_forward.py.
@@ -170,6 +176,17 @@ def enable_fast_attention(model: HookedTransformer) -> int:
             module.__class__ = _fast_class(type(module))
             switched += 1
     return switched
+
+
+def store_unembed_transposed(model: HookedTransformer) -> None:
+    """Lay ``W_U`` out as ``vocab x d_model`` in memory (the parameter keeps its ``d_model vocab`` shape).
+
+    ``W_U.T.contiguous()`` in TransformerLens' ``Unembed.forward`` then returns the buffer
+    itself instead of a copy. Values, shape and every use of ``W_U`` are unchanged.
+    """
+    weight = model.unembed.W_U
+    if not weight.T.is_contiguous():
+        weight.data = weight.data.T.contiguous().T
 
 
 def disable_fast_attention(model: HookedTransformer) -> None:

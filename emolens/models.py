@@ -206,9 +206,10 @@ def _check_n_devices(n_devices: int, target: torch.device) -> None:
 
 
 def _finish(model: HookedTransformer, fast_attention: bool) -> HookedTransformer:
-    if fast_attention:
-        from emolens.fast_forward import enable_fast_attention
+    from emolens.fast_forward import enable_fast_attention, store_unembed_transposed
 
+    store_unembed_transposed(model)  # bit-identical logits without a copy of W_U per forward
+    if fast_attention:
         enable_fast_attention(model)
     return model
 

@@ -353,6 +353,8 @@ def _estimate(pending: Sequence[Stage]) -> str:
     untimed = len(to_run) - len(known)
     last = to_run[0].previous.get("seconds") if to_run else None
     this = f"last run took {_clock(last)}" if isinstance(last, int | float) else "no earlier timing"
+    if not known:
+        return f"{this}; {untimed} stage(s) to run, none timed before"
     rest = f"about {_clock(sum(known))} left for {len(known)} timed stage(s)" + (
         f", {untimed} untimed" if untimed else ""
     )

@@ -233,13 +233,13 @@ def weight_fingerprint(model: HookedTransformer) -> dict[str, list[float]]:
     out = {}
     for name in names:
         if name in params:
-            weight = params[name].detach().float()
+            weight = params[name].detach().float().contiguous()  # sums in logical order, whatever the storage
             out[name] = [
                 float(weight.mean()),
                 float(torch.linalg.vector_norm(weight)) / weight.numel() ** 0.5,
                 float(weight.flatten()[:4].sum()),
             ]
-    out["W_U.mean_over_vocab"] = [float(model.W_U.detach().float().mean(dim=-1).abs().max())]
+    out["W_U.mean_over_vocab"] = [float(model.W_U.detach().float().contiguous().mean(dim=-1).abs().max())]
     return out
 
 

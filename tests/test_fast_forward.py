@@ -205,3 +205,16 @@ def test_gradients_flow_through_the_fused_path() -> None:
         model(tokens).logsumexp(-1).mean().backward()
         grads.append(model.blocks[0].attn.W_Q.grad.clone())  # type: ignore[union-attr]
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_unembed_layout_gives_identical_logits_without_copying_w_u() -> None:
+    model = tiny_random_model(fast_attention=False)  # load paths store W_U transposed
+    weight = model.unembed.W_U
+    assert weight.T.contiguous().data_ptr() == weight.data_ptr()  # TransformerLens' .contiguous() copies nothing
+    tokens = padded_batch(model)
+    with torch.inference_mode():
+        stored = model(tokens)
+        weight.data = weight.data.contiguous()  # the layout TransformerLens builds
+        assert weight.T.contiguous().data_ptr() != weight.data_ptr()
+        plain = model(tokens)
+    assert torch.equal(stored, plain)

@@ -44,7 +44,7 @@ from emolens.vectors import EmotionVectors
 CONDITIONS = ("emotion", "emotion_random", "valence", "valence_random")
 SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every layer); prompts: report prompts
     "quick": {"emotions": 3, "layers": 2, "prompts": 3},
-    "cpu": {"emotions": 12, "layers": 7, "prompts": 6},
+    "cpu": {"emotions": 12, "layers": 6, "prompts": 6},
     "full": {"emotions": 12, "layers": None, "prompts": 12},
 }
 

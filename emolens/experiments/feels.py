@@ -64,11 +64,11 @@ SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every
         "neutral": 3,
         "new_tokens": 6,
     },
-    "cpu": {
+    "cpu": {  # alpha 1.0 dropped: degenerate text on both models at every layer (docs/results.md)
         "emotions": 12,
         "controls": 4,
-        "layers": 7,
-        "alphas": (0.1, 0.25, 0.5, 1.0),
+        "layers": 6,
+        "alphas": (0.05, 0.1, 0.25, 0.5),
         "prompts": 6,
         "neutral": 4,
         "new_tokens": 24,

@@ -265,7 +265,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             f"scenarios: mean rank of the implied emotion among {len(data['emotions'])} (chance "
             f"{s['chance_mean_rank']:.0f})",
-            f"{rank['value']:.1f} [{rank['low']:.1f}, {rank['high']:.1f}], p = {s['permutation_p']:.3f}",
+            f"{rank['value']:.1f} [{rank['low']:.1f}, {rank['high']:.1f}], p = {s['permutation_p']:.2g}",
             "",
         )
     ]
