@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emolens.models import DEFAULT_MODEL
+from emolens.models import DEFAULT_MODEL, DTYPES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -22,11 +22,17 @@ if TYPE_CHECKING:
     from emolens.vectors import EmotionVectors
 
 
-def _fit(args: argparse.Namespace) -> int:
-    from emolens.fit import fit_emotion_vectors
+def _load(args: argparse.Namespace, name: str | None = None) -> HookedTransformer:
+    """The model named by ``--model`` (or ``name``) on ``--device`` in ``--dtype``."""
     from emolens.models import load_model
 
-    model = load_model(args.model, device=args.device)
+    return load_model(name or args.model, device=args.device, dtype=args.dtype)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from emolens.fit import fit_emotion_vectors
+
+    model = _load(args)
     started = time.perf_counter()
     vectors = fit_emotion_vectors(
         model, layers="all", method=args.method, denoise_variance=args.denoise_variance, window_start=args.window
@@ -50,12 +56,11 @@ def _read_inputs(path: Path) -> list[str]:
 
 def _vectors_and_model(args: argparse.Namespace) -> tuple[EmotionVectors, HookedTransformer]:
     """The vectors file and its model (``--model`` or the model recorded in the file)."""
-    from emolens.models import load_model
     from emolens.vectors import EmotionVectors
 
     vectors = EmotionVectors.load(args.vectors)
     name = args.model or vectors.metadata.get("model", {}).get("model_name", DEFAULT_MODEL)
-    return vectors, load_model(name, device=args.device)
+    return vectors, _load(args, name)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -105,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         only=args.only,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
         vectors_path=Path(args.vectors) if args.vectors else None,
     )
     if outcome.failures:
@@ -115,14 +121,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from emolens.models import load_model
     from emolens.sweep import sweep, write_csv
-    from emolens.vectors import EmotionVectors
 
-    vectors = EmotionVectors.load(args.vectors)
-    model = load_model(
-        args.model or vectors.metadata.get("model", {}).get("model_name", DEFAULT_MODEL), device=args.device
-    )
+    vectors, model = _vectors_and_model(args)
     out = Path(args.out)
     rows = sweep(
         model,
@@ -147,12 +148,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from emolens.models import load_model
     from emolens.monitor import format_reading, monitor, write_html
-    from emolens.vectors import EmotionVectors
 
-    vectors = EmotionVectors.load(args.vectors)
-    model = load_model(args.model, device=args.device)
+    vectors, model = _vectors_and_model(args)
     readings = []
     options = {"emotions": args.emotions, "layer": args.layer, "top": args.top, "calibrated": not args.raw}
     for reading in monitor(model, vectors, args.prompt, args.max_new_tokens, **options):
@@ -180,9 +178,8 @@ def _corpus(args: argparse.Namespace) -> int:
             print(f"{path}: OK ({len(rows)} rows)")
         return 2 if failed else 0
     from emolens.corpus_generate import generate_stories, write_jsonl
-    from emolens.models import load_model
 
-    model = load_model(args.model, device=args.device)
+    model = _load(args)
     result = generate_stories(
         model,
         args.emotions,
@@ -205,9 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def placement(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+        p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights' dtype (default float32)")
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default=DEFAULT_MODEL, help="packaged model name (default %(default)s)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+        placement(p)
+
+    def from_vectors(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
+        placement(p)
 
     fit = sub.add_parser("fit", help="fit emotion vectors at every layer on the packaged corpus")
     common(fit)
@@ -218,8 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=_fit)
 
     score = sub.add_parser("score", help="score texts on every emotion at one layer (calibrated)")
-    score.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
-    score.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    from_vectors(score)
     score.add_argument("--vectors", required=True)
     score.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl with a 'text' field")
     score.add_argument("--layer", type=int, default=None)
@@ -229,8 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(handler=_score)
 
     calibrate = sub.add_parser("calibrate", help="measure the readout calibration of a vectors file on neutral text")
-    calibrate.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
-    calibrate.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    from_vectors(calibrate)
     calibrate.add_argument("--vectors", required=True, help="vectors file to calibrate (format 1 or 2)")
     methods = ["position", "position+scale", "global", "global+scale"]  # emolens.readout.CALIBRATION_METHODS
     calibrate.add_argument("--method", default="position", choices=methods)
@@ -247,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     sweep = sub.add_parser("sweep", help="layer x strength steering or ablation grid (resumable JSONL + CSV)")
-    sweep.add_argument("--model", default=None, help="default: the model recorded in the vectors file")
-    sweep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    from_vectors(sweep)
     sweep.add_argument("--vectors", required=True)
     sweep.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .jsonl with a 'text' field")
     sweep.add_argument("--emotions", nargs="+", required=True)
@@ -266,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     monitor = sub.add_parser("monitor", help="generate text and show each token's top emotion readings live")
-    common(monitor)
+    from_vectors(monitor)
     monitor.add_argument("--vectors", required=True)
     monitor.add_argument("prompt")
     monitor.add_argument("--max-new-tokens", type=int, default=32)

@@ -67,9 +67,9 @@ class RunOutcome:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def load(model_name: str, device: str | None = None) -> HookedTransformer:
+def load(model_name: str, device: str | None = None, dtype: str = "float32") -> HookedTransformer:
     """A packaged model by name, or the tiny random model for ``"tiny"``."""
-    return tiny_random_model(seed=0) if model_name == TINY else load_model(model_name, device=device)
+    return tiny_random_model(seed=0) if model_name == TINY else load_model(model_name, device=device, dtype=dtype)
 
 
 def fit_settings(model_name: str, profile: str = "cpu") -> dict[str, Any]:
@@ -263,6 +263,7 @@ def run_all(
     seed: int = 0,
     device: str | None = None,
     vectors_path: Path | None = None,
+    dtype: str = "float32",
 ) -> RunOutcome:
     """Run every stage of ``profile`` (or just ``only``), resuming from ``OUT/results``; build the report."""
     check_profile(profile)
@@ -277,7 +278,7 @@ def run_all(
     outcome = RunOutcome(report=out / "report" / "index.html")
 
     print(f"[load] {model_name}")
-    model = load(model_name, device)
+    model = load(model_name, device, dtype)
     identity = model_identity(model)
     print(f"[load] done in {time.perf_counter() - started:.1f} s")
 
