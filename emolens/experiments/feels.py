@@ -53,6 +53,7 @@ EMOTIONS = (
 )
 KL_LIMIT = 1.0  # nats, mean over neutral snippets: beyond this the model's next-token behaviour has broken
 COHERENCE_EMOTIONS = 3
+KL_FLOOR = 1e-4  # nats: the KL plot's log axis starts here
 
 SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every layer); prompts: per split
     "quick": {
@@ -286,7 +287,8 @@ def render(page: Page, data: dict[str, Any]) -> None:
 
     page.heading("feels: steering an emotion direction, then asking how the text feels")
     page.paragraph(
-        f"{len(data['emotions'])} emotions steered at every layer with alpha in {data['alphas']} "
+        f"{len(data['emotions'])} emotions steered at layers {[r['layer'] for r in data['per_layer']]} "
+        f"with alpha in {data['alphas']} "
         "(units of mean residual norm, all prompt positions); effect = diagonal dominance of the "
         "steered x measured log-prob change on held-out prompts, with a bootstrap 95% CI over prompts, beside "
         f"seeded random directions of equal norm. Usable: neutral-text KL <= {data['kl_limit']} nats."
@@ -320,9 +322,10 @@ def render(page: Page, data: dict[str, Any]) -> None:
     figure, axis = plt.subplots(figsize=(7, 3))
     for alpha in data["alphas"]:
         cells = [c for c in data["grid"] if c["alpha"] == alpha]
-        axis.plot([c["layer"] for c in cells], [c["neutral_kl"] for c in cells], marker=".", label=f"alpha {alpha:+g}")
+        kl = [max(c["neutral_kl"], KL_FLOOR) for c in cells]
+        axis.plot([c["layer"] for c in cells], kl, marker=".", label=f"alpha {alpha:+g}")
     axis.axhline(data["kl_limit"], color="red", linestyle=":", label="coherence limit")
-    axis.set_yscale("symlog", linthresh=0.01)
+    axis.set_yscale("log")  # KL >= 0; values below KL_FLOOR are drawn at the floor
     axis.set_xlabel("layer")
     axis.set_ylabel("KL on neutral text (nats)")
     axis.legend(fontsize=6, ncol=2)
