@@ -33,7 +33,7 @@ from transformer_lens import HookedTransformer
 
 from emolens.corpus import load_neutral, load_stories
 from emolens.experiments.runner import experiment_main
-from emolens.experiments.scenarios import check_run_profile, uses_calibration
+from emolens.experiments.scenarios import reading_setup
 from emolens.extract import Batch, ReadOptions, reduce
 from emolens.readout import fit_window_start, token_readings
 from emolens.stats import mean_ci
@@ -118,11 +118,8 @@ def run(
     **kwargs: Any,
 ) -> CorpusScanResult:
     """Top passages of a mixed corpus per emotion, with per-token readings and precision vs chance."""
-    check_run_profile(profile)
-    vecs.check_model(model)
+    chosen, calibrated = reading_setup(model, vecs, profile, layer)
     sizes = PROFILE_SIZES[profile]
-    chosen = vecs.layers[vecs.layer_index(layer)]
-    calibrated = uses_calibration(vecs)
     index = {e: i for i, e in enumerate(vecs.emotions)}
     in_corpus = set(list(vecs.emotions)[: sizes["story_emotions"]])
     stories = [s for s in load_stories(split="validation") if s.emotion in in_corpus]

@@ -29,7 +29,7 @@ from transformer_lens import HookedTransformer
 
 from emolens.corpus import data_path
 from emolens.experiments.runner import experiment_main
-from emolens.experiments.scenarios import check_run_profile, reply_start_readings, uses_calibration
+from emolens.experiments.scenarios import reading_setup, reply_start_readings
 from emolens.stats import bootstrap, permutation_p
 from emolens.vectors import EmotionVectors
 
@@ -81,10 +81,7 @@ def run(
     **kwargs: Any,
 ) -> IntensityResult:
     """Read each template over its values; Spearman rho of each named emotion vs the quantity."""
-    check_run_profile(profile)
-    vecs.check_model(model)
-    chosen = vecs.layers[vecs.layer_index(layer)]
-    calibrated = uses_calibration(vecs)
+    chosen, calibrated = reading_setup(model, vecs, profile, layer)
     templates = load_templates()[: PROFILE_TEMPLATES[profile]]
     messages = [t["template"].format(x=value) for t in templates for value in t["values"]]
     readings = reply_start_readings(model, vecs, messages, chosen, calibrated).double().numpy()

@@ -56,6 +56,13 @@ def uses_calibration(vecs: EmotionVectors) -> bool:
     return vecs.calibration is not None
 
 
+def reading_setup(model: HookedTransformer, vecs: EmotionVectors, profile: str, layer: int | None) -> tuple[int, bool]:
+    """The checks every reading experiment starts with; returns (layer read, calibrated or raw)."""
+    check_run_profile(profile)
+    vecs.check_model(model)
+    return vecs.layers[vecs.layer_index(layer)], uses_calibration(vecs)
+
+
 class LastTokenReadings:
     """Reducer: each text's reading at its true last token (never a padded position)."""
 
@@ -147,11 +154,8 @@ def run(
     **kwargs: Any,
 ) -> ScenariosResult:
     """Read every scenario at its reply start; rank its expected and reply emotions against chance."""
-    check_run_profile(profile)
-    vecs.check_model(model)
-    chosen = vecs.layers[vecs.layer_index(layer)]
+    chosen, calibrated = reading_setup(model, vecs, profile, layer)
     items = load_scenarios()[: PROFILE_SCENARIOS[profile]]
-    calibrated = uses_calibration(vecs)
     matrix = reply_start_readings(model, vecs, [s["text"] for s in items], chosen, calibrated).double().numpy()
     index = {e: i for i, e in enumerate(vecs.emotions)}
     expected = [[index[e] for e in s["emotions"] if e in index] for s in items]

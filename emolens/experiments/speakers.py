@@ -36,7 +36,7 @@ from transformer_lens import HookedTransformer
 
 from emolens.corpus import data_path
 from emolens.experiments.runner import experiment_main
-from emolens.experiments.scenarios import check_run_profile, uses_calibration
+from emolens.experiments.scenarios import reading_setup
 from emolens.extract import Batch, ReadOptions, char_span_positions, reduce
 from emolens.readout import token_readings
 from emolens.stats import mean_ci, permutation_p
@@ -148,10 +148,7 @@ def run(
     **kwargs: Any,
 ) -> SpeakersResult:
     """Own-token vs other-token readings of each speaker's emotion, and present/other-speaker probes."""
-    check_run_profile(profile)
-    vecs.check_model(model)
-    chosen = vecs.layers[vecs.layer_index(layer)]
-    calibrated = uses_calibration(vecs)
+    chosen, calibrated = reading_setup(model, vecs, profile, layer)
     index = {e: i for i, e in enumerate(vecs.emotions)}
     dialogues = [d for d in load_dialogues() if all(e in index for e in d.emotions)][: PROFILE_DIALOGUES[profile]]
     if len(dialogues) < 3:
