@@ -33,7 +33,8 @@ def experiment_main(name: str, run: Runner, argv: Sequence[str] | None = None, d
     parser.add_argument("--vectors", default=None, help="fitted vectors (default runs/MODEL/vectors.safetensors)")
     parser.add_argument("--profile", default="cpu", choices=["quick", "cpu", "full"])
     parser.add_argument("--out", default=None, help="directory for results/NAME.json (default runs/MODEL)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
@@ -46,7 +47,7 @@ def experiment_main(name: str, run: Runner, argv: Sequence[str] | None = None, d
                 f"{vectors_path} not found; fit first: emolens fit --model {args.model} --out {vectors_path.parent}"
             )
         vecs = EmotionVectors.load(vectors_path)
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
         out = Path(args.out) if args.out else vectors_path.parent
         extra = {"workdir": out} if "workdir" in inspect.signature(run).parameters else {}
         started = time.perf_counter()
