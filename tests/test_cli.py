@@ -30,7 +30,7 @@ def test_generate_end_to_end_with_tiny_model(
     assert len(result.accepted) + len(result.rejected) == 2
     assert all(row["problems"] for row in result.rejected)  # nonsense text is rejected, with reasons
 
-    monkeypatch.setattr(models, "load_model", lambda name, device=None: tiny_model)
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, dtype=None: tiny_model)
     out = tmp_path / "gen.jsonl"
     argv = ["corpus", "generate", "--emotions", "calm", "--topics", "2", "--max-new-tokens", "16", "--out", str(out)]
     assert cli.main(argv) == 0

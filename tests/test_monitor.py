@@ -111,7 +111,7 @@ def test_html_escapes_text_and_holds_the_view(tmp_path: Path):
 
 def test_cli_monitor(tmp_path: Path, monkeypatch, capsys, ascii_model, calibrated_vecs):
     path = calibrated_vecs.save(tmp_path / "vectors.safetensors")
-    monkeypatch.setattr(models, "load_model", lambda name, device=None: ascii_model)
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, dtype=None: ascii_model)
     html = tmp_path / "monitor.html"
     argv = ["monitor", "--vectors", str(path), PROMPT, "--max-new-tokens", "4", "--html", str(html), "--top", "2"]
     assert cli.main(argv) == 0

@@ -9,7 +9,7 @@ from emolens import cli, models
 
 
 def test_sweep_command_writes_jsonl_and_csv_and_resumes(tmp_path: Path, monkeypatch, tiny_model, tiny_vectors, capsys):
-    monkeypatch.setattr(models, "load_model", lambda name, device=None: tiny_model)
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, dtype=None: tiny_model)
     vectors = tiny_vectors.save(tmp_path / "v.safetensors")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("She opened the door and felt\nThe bus was late, so he\n")
@@ -27,7 +27,7 @@ def test_sweep_command_writes_jsonl_and_csv_and_resumes(tmp_path: Path, monkeypa
 
 
 def test_sweep_command_bad_alpha_is_one_line(tmp_path: Path, monkeypatch, tiny_model, tiny_vectors, capsys):
-    monkeypatch.setattr(models, "load_model", lambda name, device=None: tiny_model)
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, dtype=None: tiny_model)
     vectors = tiny_vectors.save(tmp_path / "v.safetensors")
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello there\n")
@@ -39,7 +39,7 @@ def test_sweep_command_bad_alpha_is_one_line(tmp_path: Path, monkeypatch, tiny_m
 
 
 def test_sweep_command_layer_out_of_range(tmp_path: Path, monkeypatch, tiny_model, tiny_vectors, capsys):
-    monkeypatch.setattr(models, "load_model", lambda name, device=None: tiny_model)
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, dtype=None: tiny_model)
     vectors = tiny_vectors.save(tmp_path / "v.safetensors")
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello there\n")
