@@ -24,6 +24,11 @@ def vecs(tiny_vectors) -> EmotionVectors:
 
 def naive_cell(model, vecs, emotion, layer, alpha, intervention, positions="all", control=None):
     """What a user would write: one prompt at a time, full logits, inside the context manager."""
+    with torch.inference_mode():
+        return _naive_cell(model, vecs, emotion, layer, alpha, intervention, positions, control)
+
+
+def _naive_cell(model, vecs, emotion, layer, alpha, intervention, positions, control):
     target_ids = target_token_ids(model, TARGETS)
     logprobs, kls = [], []
     for prompt in PROMPTS:
