@@ -114,12 +114,9 @@ def monitor(
             )
 
     logits, resid = _step(model, torch.tensor([ids]), cache, chosen, logits=max_new_tokens > 0)
-    readings = emit(ids, resid, generated=False)
+    prompt_readings = list(emit(ids, resid, generated=False))  # also records the prompt's tokens and text
     if include_prompt:
-        yield from readings
-    else:
-        for _ in readings:
-            pass
+        yield from prompt_readings
     for step in range(max_new_tokens):
         assert logits is not None
         next_id = _pick(logits, temperature, generator)

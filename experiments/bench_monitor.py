@@ -43,8 +43,7 @@ def bench_monitor(name: str, vectors: str | None = None, new_tokens: int = 48, r
     calibrated = vecs.calibration is not None  # calibrated readings when the vectors have a calibration
 
     def monitored() -> None:
-        for _ in monitor(model, vecs, prompt, max_new_tokens=new_tokens, stop_at_eos=False, calibrated=calibrated):
-            pass
+        list(monitor(model, vecs, prompt, max_new_tokens=new_tokens, stop_at_eos=False, calibrated=calibrated))
 
     timings: dict[str, list[float]] = {"generate": [], "monitor": []}
     generate()  # warm-up
