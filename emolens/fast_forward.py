@@ -14,11 +14,14 @@ working. A call falls back to TransformerLens' own forward whenever a hook sits 
 generation hooks ``blocks.0.attn.hook_attn_scores``) and whenever the layer uses a feature
 the fused path does not reproduce (see :func:`fused_attention_supported`).
 
-The unembedding gets the same treatment of memory layout: TransformerLens 3.9 calls
-``F.linear(residual, W_U.T.contiguous(), b_U)``, which copies ``W_U`` on every forward
-(670 MB for Gemma 3's 262k-token vocabulary). :func:`store_unembed_transposed` keeps
-``W_U`` as a transposed view of a contiguous ``vocab x d_model`` buffer, so that copy is a
-no-op and the matmul (same call, same layout) gives bit-identical logits.
+Weights get the same care for memory layout. TransformerLens 3.9 hands ``F.linear`` a
+fresh copy of most weight matrices on every forward: ``W_U.T.contiguous()`` in the
+unembedding (670 MB for Gemma 3's 262k-token vocabulary), ``W_gate/W_in/W_out.T.contiguous()``
+in the gated MLP, and an einops reshape of ``W_Q/W_K/W_V`` from ``head d_model d_head`` to
+``(head d_head) d_model`` in the attention projections. :func:`store_weights_for_linear`
+stores each of those parameters (same shape, same values) over a buffer already laid out
+the way that call wants it, so the copy becomes a view and the matmul (same call, same
+layout) gives bit-identical results.
 
 This is the only place emolens changes TransformerLens' computation. It is switched on by
 :func:`emolens.models.load_model` (``fast_attention=True``) and proven equal, hook by hook,
@@ -37,6 +40,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.components.abstract_attention import AbstractAttention
+from transformer_lens.components.grouped_query_attention import GroupedQueryAttention
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
@@ -178,15 +183,31 @@ def enable_fast_attention(model: HookedTransformer) -> int:
     return switched
 
 
-def store_unembed_transposed(model: HookedTransformer) -> None:
-    """Lay ``W_U`` out as ``vocab x d_model`` in memory (the parameter keeps its ``d_model vocab`` shape).
+def store_weights_for_linear(model: HookedTransformer) -> int:
+    """Lay out the weights TransformerLens copies per forward so the copy is a view; returns how many.
 
-    ``W_U.T.contiguous()`` in TransformerLens' ``Unembed.forward`` then returns the buffer
-    itself instead of a copy. Values, shape and every use of ``W_U`` are unchanged.
+    ``W_U`` (``d_model vocab``) and the gated MLP's ``W_gate``/``W_in`` (``d_model d_mlp``)
+    and ``W_out`` (``d_mlp d_model``) are stored transposed, so ``.T.contiguous()`` returns
+    the buffer itself; attention's ``W_Q``/``W_K``/``W_V`` (``head d_model d_head``, or the
+    grouped ``_W_K``/``_W_V``) are stored as ``head d_head d_model``, so the reshape to
+    ``(head d_head) d_model`` is a view. Shapes, values and hook points are unchanged.
     """
-    weight = model.unembed.W_U
-    if not weight.T.is_contiguous():
-        weight.data = weight.data.T.contiguous().T
+    relaid = _relayout(model.unembed.W_U, (0, 1))
+    for module in model.modules():
+        if isinstance(module, GatedMLP):
+            relaid += sum(_relayout(getattr(module, name), (0, 1)) for name in ("W_gate", "W_in", "W_out"))
+        elif isinstance(module, AbstractAttention):
+            names = ("W_Q", "_W_K", "_W_V") if isinstance(module, GroupedQueryAttention) else ("W_Q", "W_K", "W_V")
+            relaid += sum(_relayout(getattr(module, name), (1, 2)) for name in names)
+    return relaid
+
+
+def _relayout(param: Tensor, dims: tuple[int, int]) -> int:
+    """Store ``param`` so that ``param.transpose(*dims)`` is contiguous (1 if it moved, else 0)."""
+    if param.transpose(*dims).is_contiguous():
+        return 0
+    param.data = param.data.transpose(*dims).contiguous().transpose(*dims)
+    return 1
 
 
 def disable_fast_attention(model: HookedTransformer) -> None:

@@ -12,7 +12,9 @@ Story means are kept (stories x layers x d_model), so the best layer is chosen b
 cross-validation *within the training stories* at no extra model cost (folds of each
 emotion's stories; the held-out validation split is never used to choose it).
 The fit ends by measuring the readout calibration on the neutral texts
-(:func:`emolens.readout.calibrate`).
+(:mod:`emolens.readout`): a means-only calibration (the default ``"position"``) from
+residual sums gathered in the same pass that measures the neutral moments, any other
+with a pass of its own (:func:`emolens.readout.calibrate`).
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ from emolens.extract import (
     DEFAULT_TOKEN_BUDGET,
     DEFAULT_WINDOW_START,
     ReadOptions,
+    Reducer,
     TokenMoments,
+    TokenMomentsReducer,
     check_layers,
     count_short,
+    reduce,
     resid_hook,
     text_means,
-    token_moments,
 )
 from emolens.models import model_identity
-from emolens.readout import DEFAULT_CALIBRATION, calibrate
+from emolens.readout import DEFAULT_CALIBRATION, MEANS_ONLY_CALIBRATIONS, ResidBinSums, calibrate, calibrate_from_sums
 from emolens.vectors import EmotionVectors, default_layer_for, weight_fingerprint
 
 MIN_STORIES_PER_EMOTION = 2
@@ -230,7 +234,12 @@ def fit_emotion_vectors(
     if not neutral_texts:
         raise ValueError("empty neutral corpus: denoising and steering units need neutral texts")
     options = ReadOptions(layers=chosen_layers, window_start=window_start, token_budget=token_budget)
-    moments = token_moments(model, neutral_texts, replace(options, progress="neutral"))
+    moments_reducer = TokenMomentsReducer(len(chosen_layers), model.cfg.d_model)
+    # a means-only calibration is read off the same pass over neutral text (readings are linear)
+    bin_sums = ResidBinSums(chosen_layers, model.cfg.d_model) if calibration in MEANS_ONLY_CALIBRATIONS else None
+    reducers: list[Reducer] = [moments_reducer] if bin_sums is None else [moments_reducer, bin_sums]
+    reduce(model, neutral_texts, replace(options, progress="neutral"), reducers)
+    moments = moments_reducer.result()
     story_texts = [s.text for s in stories]
     inputs = FitInputs(
         story_means=text_means(model, story_texts, replace(options, progress="stories")),
@@ -285,6 +294,8 @@ def fit_emotion_vectors(
             "emolens": importlib.metadata.version("emolens"),
         },
     )
-    if calibration is not None:
+    if bin_sums is not None and calibration is not None:
+        calibrate_from_sums(result, model, neutral_texts, bin_sums, calibration)
+    elif calibration is not None:
         calibrate(result, model, neutral_texts, method=calibration)
     return result

@@ -206,9 +206,9 @@ def _check_n_devices(n_devices: int, target: torch.device) -> None:
 
 
 def _finish(model: HookedTransformer, fast_attention: bool) -> HookedTransformer:
-    from emolens.fast_forward import enable_fast_attention, store_unembed_transposed
+    from emolens.fast_forward import enable_fast_attention, store_weights_for_linear
 
-    store_unembed_transposed(model)  # bit-identical logits without a copy of W_U per forward
+    store_weights_for_linear(model)  # bit-identical results without TransformerLens' per-forward weight copies
     if fast_attention:
         enable_fast_attention(model)
     return model
@@ -223,12 +223,14 @@ def tiny_random_model(
     n_key_value_heads: int | None = None,
     local_window: int | None = None,
     fast_attention: bool = False,
+    gated_mlp: bool = False,
 ) -> HookedTransformer:
     """A small randomly initialised HookedTransformer with a byte-level tokenizer.
 
     For fast unit tests and pipeline smoke runs: no weights package, no network, seconds.
     ``n_key_value_heads`` (of 4 heads) makes the attention grouped-query, as in SmolLM2;
-    ``local_window`` makes every other layer sliding-window attention, as in Gemma 3.
+    ``local_window`` makes every other layer sliding-window attention, as in Gemma 3;
+    ``gated_mlp`` gives the blocks a gated MLP, as in both packaged models.
     """
     tokenizer = byte_tokenizer()
     cfg = HookedTransformerConfig(
@@ -241,6 +243,7 @@ def tiny_random_model(
         d_vocab=len(tokenizer),
         n_ctx=n_ctx,
         act_fn="gelu",
+        gated_mlp=gated_mlp,
         normalization_type="LN",
         positional_embedding_type="rotary",
         seed=seed,

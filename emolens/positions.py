@@ -97,6 +97,15 @@ class PositionTracker:
         return einops.repeat(row, "pos -> batch pos", batch=batch)
 
 
+def is_offset_observer(hook_fn: object) -> bool:
+    """Whether ``hook_fn`` is a tracker's :meth:`PositionTracker.observe_scores`.
+
+    It only matters under a KV cache: a pass without one starts at offset 0, which is the
+    tracker's default, so a forward that skips block 0 may skip the observer too.
+    """
+    return isinstance(getattr(hook_fn, "__self__", None), PositionTracker)
+
+
 def _slice_mask(mask: Tensor, absolute: Tensor, batch: int) -> Bool[Tensor, "batch pos"]:
     """The columns of a user mask that fall in this pass (positions beyond the mask: untouched)."""
     full = mask if mask.ndim == 2 else einops.repeat(mask, "pos -> batch pos", batch=batch)

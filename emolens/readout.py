@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import einops
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from emolens.vectors import EmotionVectors
 
 CALIBRATION_METHODS = ("position", "position+scale", "global", "global+scale")
+MEANS_ONLY_CALIBRATIONS = ("position", "global")  # linear in the residual: need no squared readings
 DEFAULT_CALIBRATION = "position"  # chosen by experiments/calibration.py on gemma-3-270m (docs/results.md)
 # counted positions where each bin starts: one bin per position early on, wider later
 BIN_STARTS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 192, 256, 384, 512)
@@ -236,23 +238,61 @@ def calibration_texts(neutral: Sequence[str], stride: int = CALIBRATION_STRIDE, 
     return [*chosen, *(sentence for text in chosen for sentence in sentences(text) if split)]
 
 
+class ResidBinSums:
+    """Reducer: per layer and position bin, the count and float64 sum of every real text token's residual.
+
+    Fed during another pass over neutral text (the fit's), it gives the means-only
+    calibrations (``"position"``, ``"global"``) without a second forward pass
+    (:meth:`ReadingStats.from_resid_sums`).
+    """
+
+    def __init__(self, layers: Sequence[int], d_model: int, bin_starts: Sequence[int] = BIN_STARTS) -> None:
+        self.layers, self.bin_starts = list(layers), list(bin_starts)
+        self.count = torch.zeros(len(self.bin_starts), dtype=torch.float64)
+        self.sum = torch.zeros(len(self.layers), len(self.bin_starts), d_model, dtype=torch.float64)
+
+    def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None:
+        bins = bin_index(counted_positions(batch), self.bin_starts)
+        one_hot = F.one_hot(bins, len(self.bin_starts)) * einops.rearrange(text_tokens(batch), "b p -> b p 1")
+        one_hot = one_hot.to(resid.dtype)  # batch pos bin: 1 where a real text token falls in the bin
+        sums = einops.einsum(resid, one_hot, "layer batch pos d, batch pos bin -> layer bin d")
+        self.count += einops.reduce(one_hot, "batch pos bin -> bin", "sum").double().cpu()
+        self.sum += sums.double().cpu()
+
+
 class ReadingStats:
-    """Reducer: per layer, position bin and emotion, count / sum / sum of squares of raw neutral readings."""
+    """Reducer: per layer, position bin and emotion, count / sum / sum of squares of raw neutral readings.
+
+    ``sumsq`` is None when the stats come from :meth:`from_resid_sums` (means only).
+    """
 
     def __init__(self, vecs: EmotionVectors, layers: Sequence[int], bin_starts: Sequence[int]) -> None:
         self.vecs, self.layers, self.bin_starts = vecs, list(layers), list(bin_starts)
         shape = (len(self.layers), len(self.bin_starts), len(vecs.emotions))
         self.count = torch.zeros(len(self.bin_starts), dtype=torch.float64)
         self.sum = torch.zeros(shape, dtype=torch.float64)
-        self.sumsq = torch.zeros(shape, dtype=torch.float64)
+        self.sumsq: Tensor | None = torch.zeros(shape, dtype=torch.float64)
 
     def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None:
+        assert self.sumsq is not None, "stats built from residual sums take no more batches"
         keep = text_tokens(batch)
         readings = token_readings(self.vecs, batch, resid, self.layers, calibrated=False)[:, keep].double().cpu()
         bins = bin_index(counted_positions(batch)[keep], self.bin_starts).cpu()
         self.count.index_add_(0, bins, torch.ones(len(bins), dtype=torch.float64))
         self.sum.index_add_(1, bins, readings)
         self.sumsq.index_add_(1, bins, readings**2)
+
+    @classmethod
+    def from_resid_sums(cls, vecs: EmotionVectors, sums: ResidBinSums) -> ReadingStats:
+        """The same counts and sums from binned residual sums: readings are linear in the residual."""
+        stats = cls(vecs, sums.layers, sums.bin_starts)
+        rows = [vecs.layer_index(layer) for layer in sums.layers]
+        vectors, center = vecs.vectors[rows].double(), vecs.center[rows].double()
+        centred = sums.sum - einops.einsum(sums.count, center, "bin, layer d -> layer bin d")
+        stats.count = sums.count.clone()
+        stats.sum = einops.einsum(centred, vectors, "layer bin d, layer emotion d -> layer bin emotion")
+        stats.sumsq = None
+        return stats
 
     def calibration(self, method: str, settings: dict[str, Any]) -> Calibration:
         """The calibration of ``method`` from these sums (empty bins borrow the nearest earlier bin)."""
@@ -264,13 +304,16 @@ class ReadingStats:
         bin_mean = (self.sum / count.clamp(min=1))[:, source]
         total = self.count.sum()
         global_mean = self.sum.sum(dim=1) / total
+        if method.endswith("+scale") and self.sumsq is None:
+            raise ValueError(f"{method!r} needs squared readings; calibrate with a pass over neutral text (calibrate)")
+        sumsq = self.sumsq if self.sumsq is not None else torch.zeros_like(self.sum)
         if method.startswith("position"):
             baseline = bin_mean
-            within = (self.sumsq - self.sum**2 / count.clamp(min=1)).sum(dim=1)
+            within = (sumsq - self.sum**2 / count.clamp(min=1)).sum(dim=1)
             variance = within / (total - len(filled)).clamp(min=1)
         else:
             baseline = einops.repeat(global_mean, "layer emotion -> layer bin emotion", bin=len(self.bin_starts))
-            variance = self.sumsq.sum(dim=1) / total - global_mean**2
+            variance = sumsq.sum(dim=1) / total - global_mean**2
         scale = variance.clamp(min=1e-12).sqrt() if method.endswith("+scale") else torch.ones_like(variance)
         settings = {**settings, "tokens": int(total), "tokens_per_bin": self.count.long().tolist()}
         return Calibration(method, self.bin_starts, baseline.float(), scale.float(), settings)
@@ -294,15 +337,18 @@ def reading_stats(
     stats = ReadingStats(vecs, check_layers(model, vecs.layers), BIN_STARTS)
     options = ReadOptions(layers=vecs.layers, token_budget=token_budget, progress="calibration")
     reduce(model, texts, options, [stats])
-    digest = hashlib.sha256("\n\x00".join(base).encode()).hexdigest()
-    settings = {
-        "neutral_texts": len(base),
+    return stats, calibration_settings(model, base, stride)
+
+
+def calibration_settings(model: HookedTransformer, neutral: Sequence[str], stride: int) -> dict[str, Any]:
+    """What a calibration records of its neutral texts (the tokens are added by :meth:`ReadingStats.calibration`)."""
+    return {
+        "neutral_texts": len(neutral),
         "stride": stride,
-        "calibration_texts": len(texts),
-        "neutral_sha256": digest,
+        "calibration_texts": len(calibration_texts(neutral, stride)),
+        "neutral_sha256": hashlib.sha256("\n\x00".join(neutral).encode()).hexdigest(),
         "bos": text_start(model) == 1,
     }
-    return stats, settings
 
 
 def calibrate(
@@ -316,4 +362,15 @@ def calibrate(
         raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     stats, settings = reading_stats(vecs, model, neutral)
     vecs.calibration = stats.calibration(method, settings)
+    return vecs.calibration
+
+
+def calibrate_from_sums(
+    vecs: EmotionVectors, model: HookedTransformer, neutral: Sequence[str], sums: ResidBinSums, method: str
+) -> Calibration:
+    """:func:`calibrate` from residual sums gathered on every text of ``neutral`` (means-only methods)."""
+    if method not in MEANS_ONLY_CALIBRATIONS:
+        raise ValueError(f"{method!r} needs a pass over neutral text of its own; use calibrate()")
+    stats = ReadingStats.from_resid_sums(vecs, sums)
+    vecs.calibration = stats.calibration(method, calibration_settings(model, neutral, 1))
     return vecs.calibration

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from experiments.bench_choice import bench_choice
 from experiments.bench_interventions import bench_generate, bench_ray, bench_sweep
@@ -97,49 +98,78 @@ def bench_load(name: str, runs: int = 3) -> LoadTimes:
 @dataclass
 class Throughput:
     model: str
-    fast_attention: bool
-    texts: int
+    path: str  # "transformer_lens", "fused attention", "fused attention + weight layout" (the default)
+    workload: str
     tokens: int
     emolens_tokens_per_s: float
     hf_tokens_per_s: float
     ratio: float
 
 
-def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> list[Throughput]:
-    """All-layer extraction (emolens, TransformerLens' attention and the fused one) vs ``hf_model.model(...)``.
+PATHS = {  # label: (fused attention, weights laid out for F.linear)
+    "transformer_lens": (False, False),
+    "fused attention": (True, False),
+    "fused attention + weight layout": (True, True),
+}
 
-    The HF forward has no LM head; all three run the same batches in one process, interleaved.
+
+def bench_throughput(name: str, repeats: int = 3) -> list[Throughput]:
+    """All-layer extraction on each forward path of :mod:`emolens.fast_forward` vs ``hf_model.model(...)``.
+
+    Two workloads: 96 training stories (the fit's large batches) and 12 short snippets
+    forwarded 20 times (the small batches of sweep cells, choices and generation). The HF
+    forward has no LM head; every path runs the same batches in one process, interleaved.
     """
-    import torch
-
-    from emolens.corpus import load_stories
-    from emolens.extract import batches, masked_means, stream_resid
-    from emolens.fast_forward import disable_fast_attention, enable_fast_attention
+    from emolens.corpus import load_neutral, load_stories
     from emolens.models import load_hf_model, load_model
 
     model = load_model(name, device="cpu")
     hf_model, _ = load_hf_model(name)
-    texts = [s.text for s in load_stories(split="train")[:n_texts]]
-    planned = batches(model, texts)
-    n_tokens = sum(b.tokens.numel() for b in planned)  # padded positions: both sides compute them
+    stories = [s.text for s in load_stories(split="train")[:96]]
+    snippets = [text[:80] for text in load_neutral()[:12]]
+    return [
+        *_throughput(model, hf_model, name, "96 stories", stories, 1, repeats),
+        *_throughput(model, hf_model, name, "12 snippets x 20", snippets, 20, repeats),
+    ]
 
-    def ours(fast: bool) -> Callable[[], None]:
-        def run() -> None:
+
+def _throughput(
+    model: Any, hf_model: Any, name: str, workload: str, texts: list[str], loops: int, repeats: int
+) -> list[Throughput]:
+    import torch
+
+    from emolens.extract import batches, masked_means, stream_resid
+    from emolens.fast_forward import disable_fast_attention, enable_fast_attention, store_weights_for_linear
+
+    planned = batches(model, texts)
+    n_tokens = loops * sum(b.tokens.numel() for b in planned)  # padded positions: both sides compute them
+
+    def configure(fast: bool, layout: bool) -> Callable[[], None]:
+        def setup() -> None:
             (enable_fast_attention if fast else disable_fast_attention)(model)
+            for param in model.parameters():  # TransformerLens' own layout, then ours if asked
+                param.data = param.data.contiguous()
+            if layout:
+                store_weights_for_linear(model)
+
+        return setup
+
+    def ours() -> None:
+        for _ in range(loops):
             for batch, resid in stream_resid(model, texts):
                 masked_means(resid, batch.window)
 
-        return run
-
     def theirs() -> None:
         with torch.inference_mode():
-            for batch in planned:
-                hf_model.model(input_ids=batch.tokens)  # right padding: causal attention needs no mask
+            for _ in range(loops):
+                for batch in planned:
+                    hf_model.model(input_ids=batch.tokens)  # right padding: causal attention needs no mask
 
-    runs = {"hooked": ours(False), "fused": ours(True), "theirs": theirs}
+    runs = {label: (configure(*flags), ours) for label, flags in PATHS.items()} | {"theirs": (lambda: None, theirs)}
     timings: dict[str, list[float]] = {label: [] for label in runs}
-    for _ in range(repeats):  # interleaved, so drift hits all alike
-        for label, run in runs.items():
+    for _ in range(repeats):  # interleaved, so drift hits all alike; set-up is not timed
+        for label, (setup, run) in runs.items():
+            setup()
             started = time.perf_counter()
             run()
             timings[label].append(time.perf_counter() - started)
@@ -147,14 +177,14 @@ def bench_throughput(name: str, n_texts: int = 96, repeats: int = 3) -> list[Thr
     return [
         Throughput(
             name,
-            fast,
-            n_texts,
+            label,
+            workload,
             n_tokens,
             n_tokens / min(timings[label]),
             n_tokens / theirs_s,
             theirs_s / min(timings[label]),
         )
-        for label, fast in (("hooked", False), ("fused", True))
+        for label in PATHS
     ]
 
 

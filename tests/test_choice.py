@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.choice import choice_logits, choice_probability, option_tokens
+from emolens.choice import choice_logits, choice_probability, first_hooked_layer, option_tokens, resid_prefix
 from emolens.ranking import bradley_terry, elo_intervals, elo_scores
 from emolens.steer import steering_hooks
 
@@ -39,16 +39,20 @@ def test_choice_logits_equal_full_logits_unbatched_with_mixed_lengths(tiny_model
     assert torch.all((choice_probability(batched) > 0) & (choice_probability(batched) < 1))
 
 
-def test_choice_logits_with_per_batch_hooks_match_unbatched(tiny_model, tiny_vectors):
-    options = option_tokens(tiny_model)
-    positions = [[2, 3] for _ in PROMPTS]
+def masked_steering(model, vecs, positions: list[int], layers: list[int]):
+    """Per-batch hooks steering "happy" at ``positions`` of every prompt, as a batch mask."""
 
     def hooks_for(batch):
         mask = torch.zeros(batch.tokens.shape, dtype=torch.bool)
-        for row, index in enumerate(batch.indices):
-            mask[row, positions[index]] = True
-        return steering_hooks(tiny_model, tiny_vectors, "happy", 4.0, layers=[1], positions=mask)
+        mask[:, positions] = True
+        return steering_hooks(model, vecs, "happy", 4.0, layers=layers, positions=mask)
 
+    return hooks_for
+
+
+def test_choice_logits_with_per_batch_hooks_match_unbatched(tiny_model, tiny_vectors):
+    options = option_tokens(tiny_model)
+    hooks_for = masked_steering(tiny_model, tiny_vectors, [2, 3], [1])
     steered = choice_logits(tiny_model, PROMPTS, options, batch_hooks=hooks_for)
     alone = []
     for prompt in PROMPTS:
@@ -57,6 +61,30 @@ def test_choice_logits_with_per_batch_hooks_match_unbatched(tiny_model, tiny_vec
             alone.append(full_logit_reference(tiny_model, prompt, options.ids))
     torch.testing.assert_close(steered, torch.stack(alone), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(steered, choice_logits(tiny_model, PROMPTS, options))
+
+
+def test_a_residual_prefix_gives_the_same_steered_logits_as_the_full_forward(tiny_model, tiny_vectors):
+    options = option_tokens(tiny_model)
+    hooks_for = masked_steering(tiny_model, tiny_vectors, [1, 2], [1, 2])
+    prefix = resid_prefix(tiny_model, PROMPTS, 1, token_budget=64)  # several batches
+    assert len(prefix.planned) > 1
+    full = choice_logits(tiny_model, PROMPTS, options, batch_hooks=hooks_for, token_budget=64)
+    resumed = choice_logits(tiny_model, PROMPTS, options, batch_hooks=hooks_for, prefix=prefix)
+    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full, choice_logits(tiny_model, PROMPTS, options))
+    low = steering_hooks(tiny_model, tiny_vectors, "happy", 4.0, layers=[0])
+    with pytest.raises(ValueError, match="below the prefix layer 1"):
+        choice_logits(tiny_model, PROMPTS, options, hooks=low, prefix=prefix)
+    with pytest.raises(ValueError, match="other prompts"):
+        choice_logits(tiny_model, PROMPTS[:2], options, prefix=prefix)
+
+
+def test_first_hooked_layer_reads_block_indices_and_treats_embedding_hooks_as_zero():
+    noop = lambda x, hook: None  # noqa: E731
+    assert first_hooked_layer([]) is None
+    assert first_hooked_layer([("blocks.7.hook_resid_post", noop), ("blocks.3.attn.hook_z", noop)]) == 3
+    assert first_hooked_layer([("ln_final.hook_normalized", noop), ("blocks.12.hook_resid_pre", noop)]) == 12
+    assert first_hooked_layer([("hook_embed", noop), ("blocks.5.hook_resid_post", noop)]) == 0
 
 
 def test_option_tokens_rejects_multi_token_options(tiny_model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import einops
 import pytest
 import torch
 from torch import Tensor
@@ -12,7 +13,12 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.hook_points import HookPoint
 
 import emolens.fast_forward as fast_forward
-from emolens.fast_forward import disable_fast_attention, enable_fast_attention, fast_attention_enabled
+from emolens.fast_forward import (
+    disable_fast_attention,
+    enable_fast_attention,
+    fast_attention_enabled,
+    store_weights_for_linear,
+)
 from emolens.models import tiny_random_model
 
 TEXTS = [
@@ -207,14 +213,28 @@ def test_gradients_flow_through_the_fused_path() -> None:
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
 
 
-def test_unembed_layout_gives_identical_logits_without_copying_w_u() -> None:
-    model = tiny_random_model(fast_attention=False)  # load paths store W_U transposed
-    weight = model.unembed.W_U
-    assert weight.T.contiguous().data_ptr() == weight.data_ptr()  # TransformerLens' .contiguous() copies nothing
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_weight_layout_gives_identical_logits_without_per_forward_copies(variant: str) -> None:
+    model = tiny_random_model(fast_attention=False, gated_mlp=True, **VARIANTS[variant])  # type: ignore[arg-type]
+    assert store_weights_for_linear(model) == 0  # the load path already laid every weight out
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    key = attn._W_K if variant == "gqa" else attn.W_K
+    copies = {  # the expressions TransformerLens evaluates per forward: each must be a view now
+        "W_U": model.unembed.W_U.T.contiguous(),
+        "W_gate": mlp.W_gate.T.contiguous(),
+        "W_out": mlp.W_out.T.contiguous(),
+        "W_Q": einops.rearrange(attn.W_Q, "head d_model d_head -> (head d_head) d_model"),
+        "W_K": einops.rearrange(key, "head d_model d_head -> (head d_head) d_model"),
+    }
+    sources = {"W_U": model.unembed.W_U, "W_gate": mlp.W_gate, "W_out": mlp.W_out, "W_Q": attn.W_Q, "W_K": key}
+    assert {k: copies[k].data_ptr() == sources[k].data_ptr() for k in copies} == dict.fromkeys(copies, True)
     tokens = padded_batch(model)
     with torch.inference_mode():
         stored = model(tokens)
-        weight.data = weight.data.contiguous()  # the layout TransformerLens builds
-        assert weight.T.contiguous().data_ptr() != weight.data_ptr()
+        for param in model.parameters():
+            param.data = param.data.contiguous()  # the layout TransformerLens builds
+        assert model.unembed.W_U.T.contiguous().data_ptr() != model.unembed.W_U.data_ptr()
         plain = model(tokens)
-    assert torch.equal(stored, plain)
+        assert store_weights_for_linear(model) > 0
+        again = model(tokens)
+    assert torch.equal(stored, plain) and torch.equal(again, plain)

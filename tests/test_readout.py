@@ -13,6 +13,7 @@ from emolens.extract import (
     ReadOptions,
     batches,
     char_span_positions,
+    reduce,
     resid_hook,
     run_batches,
     stream_resid,
@@ -21,7 +22,14 @@ from emolens.extract import (
 )
 from emolens.fit import choose_default_layer, fit_emotion_vectors, neutral_subspace
 from emolens.models import tiny_random_model
-from emolens.readout import calibrate, calibration_texts, sentences
+from emolens.readout import (
+    ReadingStats,
+    ResidBinSums,
+    calibrate,
+    calibrate_from_sums,
+    calibration_texts,
+    sentences,
+)
 from emolens.validation import validate
 from emolens.vectors import EmotionVectors
 
@@ -149,6 +157,23 @@ def test_calibration_roundtrip_and_old_files(tiny_model, tiny_vectors, tmp_path)
     old.with_suffix(".json").write_text(json.dumps(sidecar))
     with pytest.raises(ValueError, match="format version 99"):
         EmotionVectors.load(old)
+
+
+@pytest.mark.parametrize("method", ["position", "global"])
+def test_calibration_from_the_fits_neutral_pass_equals_a_pass_of_its_own(tiny_model, tiny_vectors, method) -> None:
+    neutral = load_neutral()[:6]  # what tiny_vectors was fitted and calibrated on
+    sums = ResidBinSums(tiny_vectors.layers, tiny_model.cfg.d_model)
+    reduce(tiny_model, neutral, ReadOptions(layers=tiny_vectors.layers, window_start=20, token_budget=300), [sums])
+    merged = calibrate_from_sums(replace(tiny_vectors, calibration=None), tiny_model, neutral, sums, method)
+    separate = calibrate(replace(tiny_vectors, calibration=None), tiny_model, neutral, method=method)
+    torch.testing.assert_close(merged.baseline, separate.baseline, atol=1e-5, rtol=1e-5)
+    assert merged.settings == separate.settings and torch.equal(merged.scale, separate.scale)
+    if method == "position":  # the fit itself took this path
+        torch.testing.assert_close(tiny_vectors.calibration.baseline, separate.baseline, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pass over neutral text of its own"):
+        calibrate_from_sums(tiny_vectors, tiny_model, neutral, sums, "position+scale")
+    with pytest.raises(ValueError, match="needs squared readings"):
+        ReadingStats.from_resid_sums(tiny_vectors, sums).calibration("global+scale", {})
 
 
 def test_calibration_texts_split_sentences_and_drop_speakers() -> None:

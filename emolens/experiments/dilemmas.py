@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from transformer_lens import HookedTransformer
 
-from emolens.choice import choice_logits, choice_probability, option_tokens
+from emolens.choice import ResidPrefix, choice_logits, choice_probability, option_tokens, resid_prefix
 from emolens.corpus import data_path, read_jsonl
 from emolens.experiments.preferences import PREFILL, middle_band
 from emolens.experiments.runner import experiment_main
@@ -92,10 +92,14 @@ def choice_prompts(model: HookedTransformer, dilemmas: list[dict[str, Any]]) -> 
 
 
 def p_misaligned(
-    model: HookedTransformer, texts: list[str], misaligned_first: np.ndarray, hooks: list[Any]
+    model: HookedTransformer,
+    texts: list[str],
+    misaligned_first: np.ndarray,
+    hooks: list[Any],
+    prefix: ResidPrefix | None = None,
 ) -> np.ndarray:
-    """P(misaligned option) per dilemma, averaged over its two orders."""
-    p_a = choice_probability(choice_logits(model, texts, option_tokens(model), hooks=hooks)).numpy()
+    """P(misaligned option) per dilemma, averaged over its two orders (``prefix``: see :func:`resid_prefix`)."""
+    p_a = choice_probability(choice_logits(model, texts, option_tokens(model), hooks=hooks, prefix=prefix)).numpy()
     p = np.where(misaligned_first, p_a, 1.0 - p_a)
     return 0.5 * (p[0::2] + p[1::2])
 
@@ -155,12 +159,13 @@ def run(
     texts, misaligned_first = choice_prompts(model, dilemmas)
     cases = np.asarray([row["case"] for row in dilemmas])
     base = p_misaligned(model, texts, misaligned_first, [])
+    prefix = resid_prefix(model, texts, min(layers))  # every direction steers from here on
     directions = [(name, None) for name in names] + [(name, "random") for name in names[: size["controls"]]]
     sweep = []
     for name, control in directions:
         for alpha in size["alphas"]:
             hooks = steering_hooks(model, vecs, name, alpha, layers=layers, control=control, seed=seed)
-            steered = p_misaligned(model, texts, misaligned_first, hooks)
+            steered = p_misaligned(model, texts, misaligned_first, hooks, prefix)
             for case in CASES:
                 on = cases == case
                 sweep.append(

@@ -35,7 +35,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from emolens.choice import choice_logits, choice_probability, option_tokens
+from emolens.choice import ResidPrefix, choice_logits, choice_probability, option_tokens, resid_prefix
 from emolens.corpus import data_path, read_jsonl
 from emolens.experiments.runner import experiment_main
 from emolens.extract import Batch, char_span_positions, resid_hook
@@ -195,6 +195,13 @@ def steered_positions(prompts: Prompts, k: int, steered: np.ndarray) -> list[int
     return [p for slot, a in enumerate(slots) if steered[a] for p in prompts.positions[k][slot]]
 
 
+def touched_prompts(prompts: Prompts, steered: np.ndarray) -> tuple[list[int], list[list[int]]]:
+    """Prompts showing at least one steered activity, and those activities' token positions in each."""
+    wanted = [steered_positions(prompts, k, steered) for k in range(len(prompts.texts))]
+    touched = [k for k, w in enumerate(wanted) if w]
+    return touched, [wanted[k] for k in touched]
+
+
 def steered_elo(
     model: HookedTransformer,
     vecs: EmotionVectors,
@@ -203,19 +210,22 @@ def steered_elo(
     steered: np.ndarray,
     emotion: str,
     layers: list[int],
+    prefix: ResidPrefix | None = None,
     control: str | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """Elo after steering ``emotion`` on the steered activities' tokens (prompts without one keep ``base_p``)."""
-    wanted = [steered_positions(prompts, k, steered) for k in range(len(prompts.texts))]
-    touched = [k for k, w in enumerate(wanted) if w]
-    sub_wanted = [wanted[k] for k in touched]
+    """Elo after steering ``emotion`` on the steered activities' tokens (prompts without one keep ``base_p``).
+
+    ``prefix`` (:func:`resid_prefix` on the touched prompts) skips the unsteered blocks below ``layers``.
+    """
+    touched, sub_wanted = touched_prompts(prompts, steered)
 
     def hooks(batch: Batch) -> list[Any]:
         mask = batch_mask(batch, sub_wanted)
         return steering_hooks(model, vecs, emotion, ALPHA, layers=layers, positions=mask, control=control, seed=seed)
 
-    logits = choice_logits(model, [prompts.texts[k] for k in touched], option_tokens(model), batch_hooks=hooks)
+    texts = [prompts.texts[k] for k in touched]
+    logits = choice_logits(model, texts, option_tokens(model), batch_hooks=hooks, prefix=prefix)
     p_a = base_p.copy()
     p_a[touched] = choice_probability(logits).numpy()
     i, j, p = debiased(p_a, prompts)
@@ -259,10 +269,12 @@ def run(
     base_elo = np.array([e.value for e in elo])
     steered = steered_half(activities, seed)
     layers = middle_band(vecs)
+    touched, _ = touched_prompts(prompts, steered)  # one unsteered prefix, shared by every direction
+    prefix = resid_prefix(model, [prompts.texts[k] for k in touched], min(layers))
 
     rows: list[dict[str, Any]] = []
     for name in names:
-        shift = steered_elo(model, vecs, prompts, base_p, steered, name, layers) - base_elo
+        shift = steered_elo(model, vecs, prompts, base_p, steered, name, layers, prefix) - base_elo
         reading = readings[:, vecs.emotions.index(name)].numpy()
         rows.append(
             {
@@ -273,7 +285,7 @@ def run(
         )
     controls: list[dict[str, Any]] = []
     for name in names[: size["controls"]]:
-        shift = steered_elo(model, vecs, prompts, base_p, steered, name, layers, control="random", seed=seed) - base_elo
+        shift = steered_elo(model, vecs, prompts, base_p, steered, name, layers, prefix, "random", seed) - base_elo
         controls.append({"direction": f"random (salt {name})", "effect": steering_effect(shift, steered, seed)})
     probe = [r["probe_r"]["value"] for r in rows]
     effects = [r["effect"]["value"] for r in rows]
