@@ -252,9 +252,10 @@ def masked_means(
 ) -> Float[Tensor, "batch layer d_model"]:
     """Mean of each text's residual stream over its window positions."""
     weights = window.to(resid.dtype)
-    sums = einops.einsum(resid, weights, "layer batch pos d, batch pos -> batch layer d")
+    # a broadcast matmul reads ``resid`` in place; an einsum would first copy it to "batch layer d pos"
+    sums = torch.matmul(einops.rearrange(weights, "batch pos -> 1 batch 1 pos"), resid)
     counts = einops.rearrange(weights.sum(dim=1).clamp(min=1), "batch -> batch 1 1")
-    return sums / counts
+    return einops.rearrange(sums, "layer batch 1 d -> batch layer d") / counts
 
 
 class TextMeansReducer:

@@ -125,8 +125,8 @@ def fused_attention_forward(
     else:
         offset = 0
     if attn.cfg.positional_embedding_type == "rotary":
-        q = attn.hook_rot_q(attn.apply_rotary(q, offset, attention_mask))
-        k = attn.hook_rot_k(attn.apply_rotary(k, 0, attention_mask))
+        q = attn.hook_rot_q(rotary(attn, q, offset, attention_mask))
+        k = attn.hook_rot_k(rotary(attn, k, 0, attention_mask))
     keep = attn._make_causal_mask(
         query_ctx_length=q.shape[1], key_ctx_length=k.shape[1], past_kv_pos_offset=offset, device=q.device
     )
@@ -137,6 +137,35 @@ def fused_attention_forward(
     w_out = einops.rearrange(attn.W_O, "head d_head d_model -> d_model (head d_head)")
     flat = einops.rearrange(z.to(w_out.dtype), "batch pos head d_head -> batch pos (head d_head)")
     return F.linear(flat, w_out.to(z.device), attn.b_O.to(z.device))
+
+
+def rotary(
+    attn: Any, x: Float[Tensor, "batch pos head d_head"], offset: int, attention_mask: Tensor | None
+) -> Float[Tensor, "batch pos head d_head"]:
+    """``attn.apply_rotary`` with one copy of ``x`` instead of three, when it rotates every dimension.
+
+    TransformerLens clones ``x``, writes the rotated halves into the clone and concatenates
+    the result with an empty pass-through slice. For the common case (half-split pairs,
+    ``rotary_dim == d_head``, no padding mask, no dynamic NTK, tables long enough) the same
+    element-wise operations run on one concatenation, so the result is bit-identical;
+    everything else falls back to ``apply_rotary``.
+    """
+    cfg = attn.cfg
+    positions = x.shape[1]
+    if (
+        attention_mask is not None
+        or cfg.rotary_adjacent_pairs
+        or cfg.use_dynamic_ntk_rope
+        or cfg.rotary_dim != x.shape[-1]
+        or offset + positions > attn.rotary_cos.shape[0]
+        or x.device != attn.rotary_cos.device
+    ):
+        return attn.apply_rotary(x, offset, attention_mask)
+    half = x.shape[-1] // 2
+    flipped = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    cos = einops.rearrange(attn.rotary_cos[offset : offset + positions], "pos d -> 1 pos 1 d")
+    sin = einops.rearrange(attn.rotary_sin[offset : offset + positions], "pos d -> 1 pos 1 d")
+    return x * cos + flipped * sin
 
 
 def _sdpa(

@@ -4,9 +4,10 @@
 markdown tables and writes ``runs/bench/NAME.json``. Each load is timed in a fresh
 process (import time reported separately); cold loads use an empty cache directory.
 Throughput is a ratio against the plain transformers forward of the same model without
-the LM head, on the same batches, in the same process. Memory is the peak RSS (Linux
-VmHWM, reset after the model is loaded) of a fit subprocess on N and on 4N stories, so
-streaming shows as equal peaks. (``ru_maxrss`` would not do: Linux keeps it across
+the LM head, on the same batches, in the same process: the median over interleaved repeats
+of each repeat's paired ratio (a shared machine drifts; pairing cancels slow drift).
+Memory is the peak RSS (Linux VmHWM, reset after the model is loaded) of a fit subprocess
+on N and on 4N stories, so streaming shows as equal peaks. (``ru_maxrss`` would not do: Linux keeps it across
 ``execve``, so a child started by a large parent reports the parent's size.)
 """
 
@@ -101,9 +102,11 @@ class Throughput:
     path: str  # "transformer_lens", "fused attention", "fused attention + weight layout" (the default)
     workload: str
     tokens: int
-    emolens_tokens_per_s: float
+    emolens_tokens_per_s: float  # median over repeats
     hf_tokens_per_s: float
-    ratio: float
+    ratio: float  # median over repeats of the paired ratio (transformers time / emolens time, same repeat)
+    ratio_low: float  # lowest and highest paired ratio: the machine's drift shows here
+    ratio_high: float
 
 
 PATHS = {  # label: (fused attention, weights laid out for F.linear)
@@ -113,7 +116,7 @@ PATHS = {  # label: (fused attention, weights laid out for F.linear)
 }
 
 
-def bench_throughput(name: str, repeats: int = 3) -> list[Throughput]:
+def bench_throughput(name: str, repeats: int = 5, paths: tuple[str, ...] = tuple(PATHS)) -> list[Throughput]:
     """All-layer extraction on each forward path of :mod:`emolens.fast_forward` vs ``hf_model.model(...)``.
 
     Two workloads: 96 training stories (the fit's large batches) and 12 short snippets
@@ -128,13 +131,20 @@ def bench_throughput(name: str, repeats: int = 3) -> list[Throughput]:
     stories = [s.text for s in load_stories(split="train")[:96]]
     snippets = [text[:80] for text in load_neutral()[:12]]
     return [
-        *_throughput(model, hf_model, name, "96 stories", stories, 1, repeats),
-        *_throughput(model, hf_model, name, "12 snippets x 20", snippets, 20, repeats),
+        *_throughput(model, hf_model, name, "96 stories", stories, 1, repeats, paths),
+        *_throughput(model, hf_model, name, "12 snippets x 20", snippets, 20, repeats, paths),
     ]
 
 
 def _throughput(
-    model: Any, hf_model: Any, name: str, workload: str, texts: list[str], loops: int, repeats: int
+    model: Any,
+    hf_model: Any,
+    name: str,
+    workload: str,
+    texts: list[str],
+    loops: int,
+    repeats: int,
+    paths: tuple[str, ...],
 ) -> list[Throughput]:
     import torch
 
@@ -165,7 +175,7 @@ def _throughput(
                 for batch in planned:
                     hf_model.model(input_ids=batch.tokens)  # right padding: causal attention needs no mask
 
-    runs = {label: (configure(*flags), ours) for label, flags in PATHS.items()} | {"theirs": (lambda: None, theirs)}
+    runs = {label: (configure(*PATHS[label]), ours) for label in paths} | {"theirs": (lambda: None, theirs)}
     timings: dict[str, list[float]] = {label: [] for label in runs}
     for _ in range(repeats):  # interleaved, so drift hits all alike; set-up is not timed
         for label, (setup, run) in runs.items():
@@ -173,19 +183,24 @@ def _throughput(
             started = time.perf_counter()
             run()
             timings[label].append(time.perf_counter() - started)
-    theirs_s = min(timings["theirs"])
-    return [
-        Throughput(
-            name,
-            label,
-            workload,
-            n_tokens,
-            n_tokens / min(timings[label]),
-            n_tokens / theirs_s,
-            theirs_s / min(timings[label]),
+    theirs_s = statistics.median(timings["theirs"])
+    rows = []
+    for label in paths:
+        paired = [t / o for t, o in zip(timings["theirs"], timings[label], strict=True)]
+        rows.append(
+            Throughput(
+                name,
+                label,
+                workload,
+                n_tokens,
+                n_tokens / statistics.median(timings[label]),
+                n_tokens / theirs_s,
+                statistics.median(paired),
+                min(paired),
+                max(paired),
+            )
         )
-        for label in PATHS
-    ]
+    return rows
 
 
 @dataclass
@@ -223,11 +238,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=["load", "throughput", "memory", "sweep", "generate", "ray", "monitor", "choice", "all"],
     )
     parser.add_argument("--models", nargs="+", default=PACKAGED)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="throughput: paths")
+    parser.add_argument("--repeats", type=int, default=5, help="throughput: interleaved repeats")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     benches: dict[str, Callable[[str], object]] = {
         "load": bench_load,
-        "throughput": bench_throughput,
+        "throughput": lambda name: bench_throughput(name, args.repeats, tuple(args.paths)),
         "memory": bench_memory,
         "sweep": bench_sweep,
         "generate": bench_generate,

@@ -238,3 +238,34 @@ def test_weight_layout_gives_identical_logits_without_per_forward_copies(variant
         assert store_weights_for_linear(model) > 0
         again = model(tokens)
     assert torch.equal(stored, plain) and torch.equal(again, plain)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rotary_is_bit_identical_to_apply_rotary(variant: str) -> None:
+    model = tiny_random_model(**VARIANTS[variant])  # type: ignore[arg-type]
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 9, attn.cfg.n_heads, attn.cfg.d_head)
+    for offset in (0, 3):
+        assert torch.equal(fast_forward.rotary(attn, x, offset, None), attn.apply_rotary(x, offset, None))
+
+
+def test_rotary_falls_back_where_it_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_random_model()
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 9, attn.cfg.n_heads, attn.cfg.d_head)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :4] = 0  # left padding: positions restart after the pads
+    calls: list[int] = []
+    original = type(attn).apply_rotary
+
+    def counted(self: object, *args: object) -> Tensor:
+        calls.append(1)
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(attn), "apply_rotary", counted)
+    fast_forward.rotary(attn, x, 0, None)
+    assert calls == []
+    assert torch.equal(fast_forward.rotary(attn, x, 0, mask), original(attn, x, 0, mask))
+    monkeypatch.setattr(attn.cfg, "rotary_adjacent_pairs", True)
+    fast_forward.rotary(attn, x, 0, None)
+    assert calls == [1, 1]

@@ -185,3 +185,17 @@ def test_shape_checking_is_active() -> None:
 
     with pytest.raises(TypeCheckError):
         masked_means(torch.zeros(2, 3, 4, 5), torch.ones(3, 4))
+
+
+def test_masked_means_equal_the_loop_over_texts_and_layers() -> None:
+    from emolens.extract import masked_means
+
+    resid = torch.randn(3, 4, 6, 5)  # layer batch pos d_model
+    window = torch.rand(4, 6) > 0.4
+    window[2] = False  # a text with no window position has mean 0, not NaN
+    expected = torch.zeros(4, 3, 5)
+    for text in range(4):
+        for layer in range(3):
+            if window[text].any():
+                expected[text, layer] = resid[layer, text, window[text]].mean(dim=0)
+    torch.testing.assert_close(masked_means(resid, window), expected)
