@@ -138,7 +138,7 @@ def test_form_explains_a_planted_style_score_and_not_a_random_one() -> None:
 
 def synthetic_study_data(seed: int = 0, form_strength: float = 4.0):
     """Story means = emotion + topic + form-driven direction + noise, for the study's linear algebra."""
-    from emolens.experiments.geometry_study import TRAIN_FOLDS, StudyData
+    from emolens.experiments.geometry_variants import TRAIN_FOLDS, StudyData
     from emolens.extract import TokenMoments
 
     rng = np.random.default_rng(seed)
@@ -173,7 +173,7 @@ def synthetic_study_data(seed: int = 0, form_strength: float = 4.0):
 
 
 def test_topic_adjustment_and_form_projection_remove_planted_confounds() -> None:
-    from emolens.experiments.geometry_study import Variant, fit_variant, form_basis, topic_adjusted
+    from emolens.experiments.geometry_variants import Variant, fit_variant, form_basis, topic_adjusted
 
     plain, emotion_dirs, _, _ = synthetic_study_data(form_strength=0.0)
     adjusted = topic_adjusted(plain.means, plain.labels, plain.topics, len(plain.emotions))[:, 0].numpy()
@@ -193,7 +193,7 @@ def test_topic_adjustment_and_form_projection_remove_planted_confounds() -> None
 
 
 def test_within_emotion_denoising_removes_the_topic_spread() -> None:
-    from emolens.experiments.geometry_study import Variant, fit_variant, within_covariance
+    from emolens.experiments.geometry_variants import Variant, fit_variant, within_covariance
 
     data, _, topic_dirs, _ = synthetic_study_data(form_strength=0.0)
     covariance = within_covariance(data.means, data.labels, len(data.emotions))
@@ -204,7 +204,8 @@ def test_within_emotion_denoising_removes_the_topic_spread() -> None:
 
 
 def test_train_cv_accuracy_and_choice_rule() -> None:
-    from emolens.experiments.geometry_study import RECIPE, Variant, choose, train_cv_accuracy
+    from emolens.experiments.geometry_study import choose, train_cv_accuracy
+    from emolens.experiments.geometry_variants import RECIPE, Variant
 
     data, *_ = synthetic_study_data(form_strength=0.0)
     clean = train_cv_accuracy(data, Variant("none", 0.0, topic=True))
@@ -251,7 +252,8 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
 
     from emolens.corpus import data_path
     from emolens.experiments.activation_cache import file_digest, text_digests
-    from emolens.experiments.geometry_study import RECIPE, Variant, run_study
+    from emolens.experiments.geometry_study import run_study
+    from emolens.experiments.geometry_variants import RECIPE, Variant
 
     generator = torch.Generator().manual_seed(0)
     n_stories, n_layers, d = len(load_stories()), 3, 16
@@ -288,7 +290,7 @@ def test_run_study_end_to_end_on_a_synthetic_cache(tmp_path) -> None:
 
 
 def test_between_emotion_regression_leaves_vectors_uncorrelated_with_form() -> None:
-    from emolens.experiments.geometry_study import regress_out_between
+    from emolens.experiments.geometry_variants import regress_out_between
 
     rng = np.random.default_rng(4)
     forms = rng.normal(size=(30, 8))

@@ -42,9 +42,10 @@ from emolens.attribution import (
 )
 from emolens.concepts import norms
 from emolens.corpus import Story, load_stories
+from emolens.experiments.attribution_page import headlines as headlines  # the experiment's report page
+from emolens.experiments.attribution_page import render as render
 from emolens.experiments.runner import experiment_main
 from emolens.extract import batches, tokenize
-from emolens.report.page import Page
 from emolens.stats import Estimate, bootstrap, mean_ci
 from emolens.vectors import EmotionVectors
 
@@ -339,98 +340,6 @@ def _attention_example(
         "head_names": [h.name for h in heads],
         "patterns": head_patterns(model, tokens, heads).numpy().round(4).tolist(),
     }
-
-
-def fmt(estimate: dict[str, Any] | None) -> str:
-    if estimate is None:
-        return "-"
-    return f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
-
-
-def render(page: Page, data: dict[str, Any]) -> None:
-    """Named heads per emotion, ablation drop vs random components, per-layer mass, attention patterns."""
-    import matplotlib.pyplot as plt
-
-    from emolens.report.views import attention_heads
-
-    page.heading("attribution: which heads and MLPs write each emotion's reading")
-    page.paragraph(
-        f"Reading layer {data['read_layer']}, window from token {data['window_start']}; {data['n_components']} "
-        f"additive components (embedding, heads, attention biases, MLPs, centre). The contributions sum to the "
-        f"reading within {data['decomposition_max_error']:.1e} (mean |reading| {data['reading_scale']:.3g}). "
-        "Components are ranked on each emotion's training stories and checked on its validation stories; "
-        "intervals are bootstrap 95% over stories."
-    )
-    page.table(
-        ["emotion", "valence", "arousal", "head", "train contribution", "validation contribution"],
-        [
-            (e["emotion"], e["valence"], e["arousal"], h["name"], fmt(h["train"]), fmt(h["validation"]))
-            for e in data["emotions"]
-            for h in e["heads"]
-        ],
-    )
-    page.table(
-        ["emotion", "reading (validation)", "top components: train / validation contribution"],
-        [
-            (e["emotion"], fmt(e["reading_validation"]),
-             ", ".join(f"{c['name']} {c['train']:+.3f}/{c['validation']:+.3f}" for c in e["top_components"]))
-            for e in data["emotions"]
-        ],
-    )  # fmt: skip
-    rows = data["ablation_by_k"]
-    if rows:
-        figure, axis = plt.subplots(figsize=(6, 3))
-        for key, label, style in (("top", "top-k components", "o-"), ("random", "k random components", "s--")):
-            values = [r[key] for r in rows]
-            axis.errorbar(
-                [r["k"] for r in rows],
-                [v["value"] for v in values],
-                yerr=[[v["value"] - v["low"] for v in values], [v["high"] - v["value"] for v in values]],
-                fmt=style, capsize=2, label=label,
-            )  # fmt: skip
-        axis.set_xscale("log")
-        axis.set_xlabel("components ablated (k)")
-        axis.set_ylabel("reading drop")
-        axis.axhline(0, color="grey", linewidth=0.8)
-        axis.legend(fontsize=7)
-        page.figure(figure, f"{data['ablation']}-ablating each emotion's top-k writers vs k random components")
-        plt.close(figure)
-        page.table(
-            ["k", "top-k drop", "random drop", "difference", "direct share of top-k", "prompts"],
-            [(r["k"], fmt(r["top"]), fmt(r["random"]), fmt(r["difference"]), fmt(r["direct_share"]), r["n_prompts"])
-             for r in rows],
-        )  # fmt: skip
-    layers = data["per_layer"]
-    figure, axis = plt.subplots(figsize=(6, 3))
-    for key, label in (("mass", "heads + MLP"), ("attn", "heads"), ("mlp", "MLP")):
-        axis.plot([r["layer"] for r in layers], [r[key]["value"] for r in layers], "o-", label=label)
-    axis.set_xlabel("layer")
-    axis.set_ylabel("share of |direct contribution|")
-    axis.legend(fontsize=7)
-    page.figure(figure, f"Attribution mass per layer (embedding: {fmt(data['embed_mass'])})")
-    plt.close(figure)
-    for example in data["attention"]:
-        attention_heads(
-            page,
-            example["tokens"],
-            np.asarray(example["patterns"], dtype=float),
-            example["head_names"],
-            title=f"{example['emotion']}: top heads",
-        )
-
-
-def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
-    rows = data["ablation_by_k"]
-    if not rows:
-        return []
-    last = rows[-1]
-    return [
-        (
-            f"attribution: reading drop, top-{last['k']} components ablated",
-            f"{fmt(last['top'])} vs random {fmt(last['random'])}",
-            "not measured this way in the study",
-        )
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
