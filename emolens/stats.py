@@ -6,7 +6,7 @@ stories of one emotion. Every function is seeded and returns plain floats, ready
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,7 +28,15 @@ class Estimate:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        return estimate_text(self.to_dict())
+
+
+def estimate_text(estimate: Mapping[str, float] | None, digits: int = 3, signed: bool = True) -> str:
+    """``value [low, high]`` of an estimate's ``to_dict()`` (as stored in results), ``-`` for None."""
+    if estimate is None:
+        return "-"
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"{estimate['value']:{spec}} [{estimate['low']:{spec}}, {estimate['high']:{spec}}]"
 
 
 def bootstrap(

@@ -319,3 +319,12 @@ def test_neutral_moments_cached_in_parts_pool_to_the_whole(tiny_model, tmp_path,
     assert pooled.count == whole.count
     assert torch.allclose(pooled.covariance, whole.covariance, atol=1e-4, rtol=1e-3)
     assert torch.allclose(pooled.mean, whole.mean, atol=1e-5)
+
+
+def test_estimate_text_formats_value_and_interval() -> None:
+    from emolens.stats import Estimate, estimate_text
+
+    estimate = Estimate(0.5, -0.25, 1.0, 12)
+    assert str(estimate) == estimate_text(estimate.to_dict()) == "+0.500 [-0.250, +1.000]"
+    assert estimate_text(estimate.to_dict(), 1, signed=False) == "0.5 [-0.2, 1.0]"
+    assert estimate_text(None) == "-"

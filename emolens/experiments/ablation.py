@@ -31,12 +31,12 @@ from transformer_lens import HookedTransformer
 
 from emolens.concepts import norms
 from emolens.corpus import load_stories
-from emolens.experiments.feels import EMOTIONS, dominance, feel_prompts, fmt
+from emolens.experiments.feels import EMOTIONS, dominance, feel_prompts
 from emolens.experiments.runner import evenly_spaced, experiment_main
 from emolens.extract import batches, resid_hook
 from emolens.report.formact import estimate_errorbar
 from emolens.report.page import Page
-from emolens.stats import Estimate, bootstrap, mean_ci
+from emolens.stats import Estimate, bootstrap, estimate_text, mean_ci
 from emolens.steer import random_unit
 from emolens.sweep import sweep
 from emolens.vectors import EmotionVectors
@@ -240,8 +240,8 @@ def render(page: Page, data: dict[str, Any]) -> None:
     page.table(
         ["layer", "emotion dir.", "random", "valence axis", "random", "feels change", "random"],
         [
-            (r["layer"], fmt(r["effect"]), fmt(r["control"]), fmt(r["valence"]), fmt(r["valence_control"]),
-             fmt(r["feels"]), fmt(r["feels_control"]))
+            (r["layer"], *(estimate_text(r[key]) for key in
+                           ("effect", "control", "valence", "valence_control", "feels", "feels_control")))
             for r in rows
         ],
     )  # fmt: skip
@@ -261,7 +261,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (
             "ablation: downstream drop of the own-emotion reading (best layer)",
-            f"layer {best['layer']}: {fmt(best['effect'])} vs random {fmt(best['control'])}",
+            f"layer {best['layer']}: {estimate_text(best['effect'])} vs random {estimate_text(best['control'])}",
             "not reported in the study",
         )
     ]

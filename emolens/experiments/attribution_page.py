@@ -12,12 +12,7 @@ from typing import Any
 import numpy as np
 
 from emolens.report.page import Page
-
-
-def fmt(estimate: dict[str, Any] | None) -> str:
-    if estimate is None:
-        return "-"
-    return f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
+from emolens.stats import estimate_text
 
 
 def render(page: Page, data: dict[str, Any]) -> None:
@@ -37,7 +32,14 @@ def render(page: Page, data: dict[str, Any]) -> None:
     page.table(
         ["emotion", "valence", "arousal", "head", "train contribution", "validation contribution"],
         [
-            (e["emotion"], e["valence"], e["arousal"], h["name"], fmt(h["train"]), fmt(h["validation"]))
+            (
+                e["emotion"],
+                e["valence"],
+                e["arousal"],
+                h["name"],
+                estimate_text(h["train"]),
+                estimate_text(h["validation"]),
+            )
             for e in data["emotions"]
             for h in e["heads"]
         ],
@@ -45,7 +47,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     page.table(
         ["emotion", "reading (validation)", "top components: train / validation contribution"],
         [
-            (e["emotion"], fmt(e["reading_validation"]),
+            (e["emotion"], estimate_text(e["reading_validation"]),
              ", ".join(f"{c['name']} {c['train']:+.3f}/{c['validation']:+.3f}" for c in e["top_components"]))
             for e in data["emotions"]
         ],
@@ -70,8 +72,11 @@ def render(page: Page, data: dict[str, Any]) -> None:
         plt.close(figure)
         page.table(
             ["k", "top-k drop", "random drop", "difference", "direct share of top-k", "prompts"],
-            [(r["k"], fmt(r["top"]), fmt(r["random"]), fmt(r["difference"]), fmt(r["direct_share"]), r["n_prompts"])
-             for r in rows],
+            [
+                (r["k"], *(estimate_text(r[key]) for key in ("top", "random", "difference", "direct_share")),
+                 r["n_prompts"])
+                for r in rows
+            ],
         )  # fmt: skip
     layers = data["per_layer"]
     figure, axis = plt.subplots(figsize=(6, 3))
@@ -80,7 +85,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     axis.set_xlabel("layer")
     axis.set_ylabel("share of |direct contribution|")
     axis.legend(fontsize=7)
-    page.figure(figure, f"Attribution mass per layer (embedding: {fmt(data['embed_mass'])})")
+    page.figure(figure, f"Attribution mass per layer (embedding: {estimate_text(data['embed_mass'])})")
     plt.close(figure)
     for example in data["attention"]:
         attention_heads(
@@ -100,7 +105,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (
             f"attribution: reading drop, top-{last['k']} components ablated",
-            f"{fmt(last['top'])} vs random {fmt(last['random'])}",
+            f"{estimate_text(last['top'])} vs random {estimate_text(last['random'])}",
             "not measured this way in the study",
         )
     ]

@@ -36,7 +36,7 @@ from emolens.experiments.runner import experiment_main
 from emolens.experiments.scenarios import reading_setup
 from emolens.extract import Batch, ReadOptions, reduce
 from emolens.readout import fit_window_start, token_readings
-from emolens.stats import mean_ci
+from emolens.stats import estimate_text, mean_ci
 from emolens.validation import kmeans_labels
 from emolens.vectors import EmotionVectors
 
@@ -203,7 +203,7 @@ def render(page: Any, data: dict[str, Any]) -> None:
         [
             [
                 name,
-                f"{p['precision']['value']:.3f} [{p['precision']['low']:.3f}, {p['precision']['high']:.3f}]",
+                estimate_text(p["precision"], signed=False),
                 f"{p['chance']:.3f}",
                 f"{p['shuffled']['value']:.3f}",
             ]
@@ -235,8 +235,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (
             f"corpus scan: precision@{data['top_k']} of an emotion's top passages",
-            f"{p['precision']['value']:.2f} [{p['precision']['low']:.2f}, {p['precision']['high']:.2f}] "
-            f"(chance {p['chance']:.3f})",
+            f"{estimate_text(p['precision'], 2, signed=False)} (chance {p['chance']:.3f})",
             "",
         )
     ]

@@ -35,7 +35,7 @@ from emolens.experiments.runner import experiment_main
 from emolens.extract import char_span_positions
 from emolens.models import chat_prompt
 from emolens.report.page import Page
-from emolens.stats import mean_ci
+from emolens.stats import estimate_text, mean_ci
 from emolens.steer import steering_hooks
 from emolens.vectors import EmotionVectors
 
@@ -195,10 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     return experiment_main("dilemmas", run, argv, __doc__.splitlines()[0] if __doc__ else None)
 
 
-def fmt(estimate: dict[str, float], digits: int = 3) -> str:
-    return f"{estimate['value']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
-
-
 def render(page: Page, data: dict[str, Any]) -> None:
     """P(misaligned) against alpha per case beside random directions, and the per-round timeline."""
     import matplotlib.pyplot as plt
@@ -226,12 +222,16 @@ def render(page: Page, data: dict[str, Any]) -> None:
         axis.set_xlabel("alpha (mean residual norm)")
         axis.set_ylabel("P(misaligned)")
         axis.legend(fontsize=7)
-        page.figure(figure, f"{case}: P(misaligned) vs alpha; unsteered {fmt(base)}")
+        page.figure(figure, f"{case}: P(misaligned) vs alpha; unsteered {estimate_text(base, signed=False)}")
         plt.close(figure)
         page.table(
             ["direction", "alpha", "P(misaligned) [95% CI]", "change from alpha 0"],
-            [(r["direction"], f"{r['alpha']:+g}", fmt(r["p_misaligned"]), fmt(r["change"])) for r in rows],
-        )
+            [
+                (r["direction"], f"{r['alpha']:+g}", estimate_text(r["p_misaligned"], signed=False),
+                 estimate_text(r["change"], signed=False))
+                for r in rows
+            ],
+        )  # fmt: skip
     line = data["timeline"]
     figure, axis = plt.subplots(figsize=(6, 3))
     rounds = np.arange(1, len(line["rounds"]) + 1)
@@ -247,7 +247,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     plt.close(figure)
     page.table(
         ["emotion", "climb (round 4 - round 1) [95% CI]"],
-        [(name, fmt(line["climb"][name])) for name in line["emotions"]],
+        [(name, estimate_text(line["climb"][name], signed=False)) for name in line["emotions"]],
     )
 
 
@@ -258,8 +258,8 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         steered = [
             r for r in data["sweep"] if r["case"] == case and r["direction"] == "desperate" and r["alpha"] == 0.05
         ]
-        ours = fmt(data["baseline"][case])
+        ours = estimate_text(data["baseline"][case], signed=False)
         if steered:
-            ours += f" -> {fmt(steered[0]['p_misaligned'])}"
+            ours += f" -> {estimate_text(steered[0]['p_misaligned'], signed=False)}"
         out.append((f"dilemmas/{case}: P(misaligned), unsteered -> desperate +0.05", ours, "22% -> 72% (blackmail)"))
     return out

@@ -32,7 +32,7 @@ from emolens.experiments.runner import evenly_spaced, experiment_main
 from emolens.report.formact import estimate_errorbar
 from emolens.report.page import Page
 from emolens.report.views import side_by_side
-from emolens.stats import mean_ci
+from emolens.stats import estimate_text, mean_ci
 from emolens.steer import steer
 from emolens.sweep import sweep
 from emolens.vectors import EmotionVectors
@@ -310,9 +310,9 @@ def render(page: Page, data: dict[str, Any]) -> None:
             (
                 r["layer"],
                 f"{r['alpha']:+g}" + ("" if r.get("usable", True) else " (none coherent)"),
-                fmt(r["effect"]),
-                fmt(r["control"]),
-                fmt(r["difference"]),
+                estimate_text(r["effect"]),
+                estimate_text(r["control"]),
+                estimate_text(r["difference"]),
                 f"{r['neutral_kl']:.3f}",
                 "-" if r["first_incoherent_alpha"] is None else r["first_incoherent_alpha"],
             )
@@ -355,17 +355,14 @@ def render(page: Page, data: dict[str, Any]) -> None:
             )
 
 
-def fmt(estimate: dict[str, float]) -> str:
-    return f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
-
-
 def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Index-page summary: the strongest layer's steering effect beside its control."""
     best = max(data["per_layer"], key=lambda r: (r.get("usable", True), r["difference"]["value"]))
     return [
         (
             "feels: steering effect at its best layer (effect vs random control)",
-            f"layer {best['layer']}, alpha {best['alpha']:+g}: {fmt(best['effect'])} vs {fmt(best['control'])}",
+            f"layer {best['layer']}, alpha {best['alpha']:+g}: "
+            f"{estimate_text(best['effect'])} vs {estimate_text(best['control'])}",
             "steering shifts reported emotion (qualitative)",
         )
     ]

@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 from emolens.concepts import norms
 from emolens.files import atomic_write_text
 from emolens.models import load_model
-from emolens.stats import BOOTSTRAP_SAMPLES, Estimate
+from emolens.stats import BOOTSTRAP_SAMPLES, Estimate, estimate_text
 from emolens.validation import kmeans_labels, named_clusters
 from emolens.vectors import EmotionVectors
 
@@ -220,10 +220,6 @@ def run(
     )
 
 
-def _fmt(estimate: dict[str, float | int]) -> str:
-    return f"{estimate['value']:+.2f} [{estimate['low']:+.2f}, {estimate['high']:+.2f}]"
-
-
 def render(page: Any, data: dict[str, Any]) -> None:
     """Tables of PC variance and correlations per layer, the cosine heatmap, the PC1/PC2 scatter."""
     import matplotlib
@@ -245,9 +241,9 @@ def render(page: Any, data: dict[str, Any]) -> None:
             [
                 entry["layer"],
                 " / ".join(f"{100 * r:.0f}" for r in entry["explained"][:3]),
-                *(_fmt(c[pc][t]["pearson"]) for pc in ("PC1", "PC2", "PC3") if pc in c for t in TARGETS),
-                _fmt(entry["cv_axes"]["valence"]),
-                _fmt(entry["cv_axes"]["arousal"]),
+                *(estimate_text(c[pc][t]["pearson"], 2) for pc in ("PC1", "PC2", "PC3") if pc in c for t in TARGETS),
+                estimate_text(entry["cv_axes"]["valence"], 2),
+                estimate_text(entry["cv_axes"]["arousal"], 2),
             ]
         )
     n_pcs = min(N_CORRELATED, len(data["per_layer"][0]["correlations"]))
@@ -286,11 +282,11 @@ def render(page: Any, data: dict[str, Any]) -> None:
 def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Index-page rows at the default layer: PC1-valence, PC2-arousal, cross-validated valence axis."""
     row = next(r for r in data["per_layer"] if r["layer"] == data["default_layer"])
-    layer = data["default_layer"]
+    layer, pc = data["default_layer"], row["correlations"]
     return [
-        (f"PC1 vs human valence, r (layer {layer})", _fmt(row["correlations"]["PC1"]["valence"]["pearson"]), "0.81"),
-        (f"PC2 vs human arousal, r (layer {layer})", _fmt(row["correlations"]["PC2"]["arousal"]["pearson"]), "0.66"),
-        (f"valence, cross-validated ridge axis r (layer {layer})", _fmt(row["cv_axes"]["valence"]), ""),
+        (f"PC1 vs human valence, r (layer {layer})", estimate_text(pc["PC1"]["valence"]["pearson"], 2), "0.81"),
+        (f"PC2 vs human arousal, r (layer {layer})", estimate_text(pc["PC2"]["arousal"]["pearson"], 2), "0.66"),
+        (f"valence, cross-validated ridge axis r (layer {layer})", estimate_text(row["cv_axes"]["valence"], 2), ""),
     ]
 
 

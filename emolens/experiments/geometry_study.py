@@ -55,7 +55,7 @@ from emolens.experiments.geometry_variants import (
     load_study_data,
 )
 from emolens.files import atomic_write_text
-from emolens.stats import bootstrap
+from emolens.stats import bootstrap, estimate_text
 from emolens.style import FORM_FEATURES, explained_by_form, group_means
 from emolens.validation import ranks_of_truth
 from emolens.vectors import default_layer_for
@@ -252,13 +252,13 @@ def run_study(
     }
 
 
-def _ci(estimate: dict[str, Any]) -> str:
-    return f"{estimate['value']:+.2f} [{estimate['low']:+.2f}, {estimate['high']:+.2f}]"
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The study's tables for docs/results.md: form vs PCs, every variant, before/after per layer."""
     layer = result["default_layer"]
+
+    def ci(estimate: dict[str, Any]) -> str:
+        return estimate_text(estimate, 2)
+
     lines = [f"Chosen: `{result['chosen']}` ({result['selection_rule']}).", ""]
     form = next(row for row in result["form"]["per_layer"] if row["layer"] == layer)
     lines += [f"Story form vs the recipe's PCs at layer {layer} (R^2 over 171 emotions; r of each feature):", ""]
@@ -299,10 +299,10 @@ def markdown(result: dict[str, Any]) -> str:
             c = row["correlations"]
             lines += [
                 f"| {row['layer']} | {' / '.join(f'{100 * x:.0f}' for x in row['explained'][:3])} "
-                f"| {_ci(c['PC1']['valence']['pearson'])} | {_ci(c['PC1']['valence']['spearman'])} "
-                f"| {_ci(c['PC2']['arousal']['pearson'])} | {_ci(c['PC3']['valence']['pearson'])} "
-                f"| {_ci(row['cv_axes']['valence'])} | {_ci(row['cv_axes']['arousal'])} "
-                f"| {_ci(row['validation_top1'])} | {row['validation_top5']['value']:.2f} "
+                f"| {ci(c['PC1']['valence']['pearson'])} | {ci(c['PC1']['valence']['spearman'])} "
+                f"| {ci(c['PC2']['arousal']['pearson'])} | {ci(c['PC3']['valence']['pearson'])} "
+                f"| {ci(row['cv_axes']['valence'])} | {ci(row['cv_axes']['arousal'])} "
+                f"| {ci(row['validation_top1'])} | {row['validation_top5']['value']:.2f} "
                 f"| {row['split_half_cosine_r']:.2f} |"
             ]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 from emolens.corpus import data_path
 from emolens.experiments.runner import experiment_main
 from emolens.experiments.scenarios import reading_setup, reply_start_readings
-from emolens.stats import bootstrap, permutation_p
+from emolens.stats import bootstrap, estimate_text, permutation_p
 from emolens.vectors import EmotionVectors
 
 PROFILE_TEMPLATES = {"quick": 4, "cpu": None, "full": None}
@@ -149,9 +149,9 @@ def render(page: Any, data: dict[str, Any]) -> None:
     share, signed = data["share_expected_sign"], data["signed_rho"]
     page.paragraph(
         f"Share of {data['n_pairs']} (template, emotion) pairs whose Spearman rho has the expected sign: "
-        f"{share['value']:.2f} [{share['low']:.2f}, {share['high']:.2f}] (95% CI over templates); random other "
+        f"{estimate_text(share, 2, signed=False)} (95% CI over templates); random other "
         f"emotions with the same expected direction: {data['control_share_expected_sign']:.2f}. Mean rho signed by "
-        f"the expectation: {signed['value']:+.2f} [{signed['low']:+.2f}, {signed['high']:+.2f}]. Readings "
+        f"the expectation: {estimate_text(signed, 2)}. Readings "
         f"{'calibrated' if data['calibrated'] else 'raw'}."
     )
     shown = [t for t in data["templates"] if t["pairs"]]
@@ -188,8 +188,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (
             "intensity: share of named emotions whose reading moves the expected way with the quantity",
-            f"{share['value']:.2f} [{share['low']:.2f}, {share['high']:.2f}] "
-            f"(random emotions {data['control_share_expected_sign']:.2f})",
+            f"{estimate_text(share, 2, signed=False)} (random emotions {data['control_share_expected_sign']:.2f})",
             "",
         )
     ]

@@ -37,7 +37,7 @@ from emolens.experiments.geometry import rated
 from emolens.extract import stream_resid, tokenize
 from emolens.files import atomic_write_text
 from emolens.models import load_model
-from emolens.stats import Estimate, bootstrap
+from emolens.stats import Estimate, bootstrap, estimate_text
 from emolens.vectors import EmotionVectors
 
 MIN_SHARED_TOKENS = 3
@@ -287,7 +287,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("first layer where an emotional earlier clause moves later readings more than a neutral one",
          str(data["first_divergent_layer"]), ""),
         (f"r(reading shift, human valence) on later tokens (layer {data['default_layer']})",
-         f"{alignment['value']:+.2f} [{alignment['low']:+.2f}, {alignment['high']:+.2f}]", ""),
+         estimate_text(alignment, 2), ""),
     ]  # fmt: skip
 
 

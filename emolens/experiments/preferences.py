@@ -42,7 +42,7 @@ from emolens.extract import Batch, char_span_positions, resid_hook
 from emolens.models import chat_prompt
 from emolens.ranking import elo_intervals, elo_scores
 from emolens.report.page import Page
-from emolens.stats import bootstrap, correlation_ci, mean_ci
+from emolens.stats import bootstrap, correlation_ci, estimate_text, mean_ci
 from emolens.steer import steering_hooks
 from emolens.vectors import EmotionVectors
 
@@ -330,10 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     return experiment_main("preferences", run, argv, __doc__.splitlines()[0] if __doc__ else None)
 
 
-def fmt(estimate: dict[str, float], digits: int = 2) -> str:
-    return f"{estimate['value']:+.{digits}f} [{estimate['low']:+.{digits}f}, {estimate['high']:+.{digits}f}]"
-
-
 def render(page: Page, data: dict[str, Any]) -> None:
     """Elo per category and activity, probe correlations and steering effects beside random controls."""
     import matplotlib.pyplot as plt
@@ -341,7 +337,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     page.heading("preferences: which activities the model prefers, and whether emotion directions move that")
     page.paragraph(
         f"{len(data['activities'])} activities, {data['n_prompts']} A/B prompts (both orders of each pair; "
-        f"mean P(A) = {fmt(data['position_bias'], 3)}). Bradley-Terry scores on the Elo scale with 95% "
+        f"mean P(A) = {estimate_text(data['position_bias'], 3)}). Bradley-Terry scores on the Elo scale with 95% "
         f"bootstrap intervals over comparisons. Probe readings at layer {data['read_layer']}; steering at "
         f"alpha {data['alpha']} on the activity tokens of the steered half at layers {data['steer_layers']} "
         "(study's settings, fixed a priori)."
@@ -349,13 +345,13 @@ def render(page: Page, data: dict[str, Any]) -> None:
     activities = sorted(data["activities"], key=lambda a: -a["elo"]["value"])
     page.table(
         ["activity", "category", "Elo [95% CI]", "steered half"],
-        [(a["text"], a["category"], fmt(a["elo"], 0), "yes" if a["steered"] else "") for a in activities],
+        [(a["text"], a["category"], estimate_text(a["elo"], 0), "yes" if a["steered"] else "") for a in activities],
         left_columns=2,
     )
     page.table(
         ["emotion", "probe-Elo r [95% CI]", "steering effect, Elo [95% CI]"],
-        [(r["emotion"], fmt(r["probe_r"]), fmt(r["effect"], 1)) for r in data["emotions"]]
-        + [(c["direction"], "-", fmt(c["effect"], 1)) for c in data["controls"]],
+        [(r["emotion"], estimate_text(r["probe_r"], 2), estimate_text(r["effect"], 1)) for r in data["emotions"]]
+        + [(c["direction"], "-", estimate_text(c["effect"], 1)) for c in data["controls"]],
     )
     figure, axis = plt.subplots(figsize=(5, 4))
     probe = [r["probe_r"]["value"] for r in data["emotions"]]
@@ -369,7 +365,7 @@ def render(page: Page, data: dict[str, Any]) -> None:
     axis.set_ylabel("steering effect (Elo, steered - control half)")
     page.figure(
         figure,
-        f"Steering effect vs probe correlation across emotions: r = {fmt(data['effect_vs_probe'])} "
+        f"Steering effect vs probe correlation across emotions: r = {estimate_text(data['effect_vs_probe'], 2)} "
         "(dotted: random directions of equal norm)",
     )
     plt.close(figure)
@@ -381,7 +377,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = [
         (
             f"preferences: {name} probe-Elo r; steering effect (Elo)",
-            f"{fmt(by_name[name]['probe_r'])}; {fmt(by_name[name]['effect'], 0)}",
+            f"{estimate_text(by_name[name]['probe_r'], 2)}; {estimate_text(by_name[name]['effect'], 0)}",
             study,
         )
         for name, study in (("blissful", "r = 0.71; +212"), ("hostile", "r = -0.74; -303"))
@@ -390,7 +386,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "preferences: steering effect vs probe r across emotions (random-direction effect)",
-            f"{fmt(data['effect_vs_probe'])} ({fmt(data['control_effect'], 0)})",
+            f"{estimate_text(data['effect_vs_probe'], 2)} ({estimate_text(data['control_effect'], 0)})",
             "r = 0.85",
         )
     )

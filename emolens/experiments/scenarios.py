@@ -38,7 +38,7 @@ from emolens.experiments.runner import experiment_main
 from emolens.extract import Batch, ReadOptions, reduce
 from emolens.models import chat_prompt
 from emolens.readout import token_readings
-from emolens.stats import mean_ci, permutation_p
+from emolens.stats import estimate_text, mean_ci, permutation_p
 from emolens.vectors import EmotionVectors
 
 TOP_K = 10
@@ -206,9 +206,8 @@ def _summary_rows(data: dict[str, Any]) -> list[list[str]]:
             rows.append(
                 [
                     f"{name} ({variant})",
-                    f"{rank['value']:.1f} [{rank['low']:.1f}, {rank['high']:.1f}] (chance {s['chance_mean_rank']:.1f})",
-                    f"{hits['value']:.2f} [{hits['low']:.2f}, {hits['high']:.2f}] "
-                    f"(chance {s['chance_top_k_hit_rate']:.2f})",
+                    f"{estimate_text(rank, 1, signed=False)} (chance {s['chance_mean_rank']:.1f})",
+                    f"{estimate_text(hits, 2, signed=False)} (chance {s['chance_top_k_hit_rate']:.2f})",
                     f"{s['permutation_p']:.4f}",
                     str(s["n_scenarios"]),
                 ]
@@ -242,8 +241,7 @@ def render(page: Any, data: dict[str, Any]) -> None:
     if data["loving"] is not None:
         loving = data["loving"]
         page.paragraph(
-            f"'loving' across scenarios: mean reading {loving['reading']['value']:+.3f} "
-            f"[{loving['reading']['low']:+.3f}, {loving['reading']['high']:+.3f}], mean rank "
+            f"'loving' across scenarios: mean reading {estimate_text(loving['reading'])}, mean rank "
             f"{loving['rank']['value']:.1f}, share of scenarios with 'loving' in the top {top_k}: "
             f"{loving['share_top_k']['value']:.2f}."
         )
@@ -269,7 +267,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             f"scenarios: mean rank of the implied emotion among {len(data['emotions'])} (chance "
             f"{s['chance_mean_rank']:.0f})",
-            f"{rank['value']:.1f} [{rank['low']:.1f}, {rank['high']:.1f}], p = {s['permutation_p']:.2g}",
+            f"{estimate_text(rank, 1, signed=False)}, p = {s['permutation_p']:.2g}",
             "",
         )
     ]

@@ -39,7 +39,7 @@ from emolens.experiments.runner import experiment_main
 from emolens.experiments.scenarios import reading_setup
 from emolens.extract import Batch, ReadOptions, char_span_positions, reduce
 from emolens.readout import token_readings
-from emolens.stats import mean_ci, permutation_p
+from emolens.stats import estimate_text, mean_ci, permutation_p
 from emolens.vectors import EmotionVectors
 
 PROFILE_DIALOGUES = {"quick": 8, "cpu": None, "full": None}
@@ -257,17 +257,14 @@ def render(page: Any, data: dict[str, Any]) -> None:
     own = data["own_minus_other"]
     control = data["shuffled_control"]
 
-    def fmt(e: dict[str, Any]) -> str:
-        return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
-
     page.table(
         ["measure", "value [95% CI over dialogues]"],
         [
-            ["own minus other tokens, both speakers", fmt(own["both"])],
-            ["first speaker", fmt(own["first_speaker"])],
-            ["second speaker", fmt(own["second_speaker"])],
-            ["share of speakers with own > other", fmt(own["share_positive"])],
-            ["shuffled labels (control)", fmt(control)],
+            ["own minus other tokens, both speakers", estimate_text(own["both"])],
+            ["first speaker", estimate_text(own["first_speaker"])],
+            ["second speaker", estimate_text(own["second_speaker"])],
+            ["share of speakers with own > other", estimate_text(own["share_positive"])],
+            ["shuffled labels (control)", estimate_text(control)],
             ["permutation p", f"{data['permutation_p']:.4f}"],
         ],
     )
@@ -286,15 +283,15 @@ def render(page: Any, data: dict[str, Any]) -> None:
     page.table(
         ["probe", "held-out rank of the true emotion", "shuffled labels", "chance"],
         [
-            [name, fmt(probes[name]["held_out_rank"]), f"{probes[name]['shuffled_rank']:.1f}",
+            [name, estimate_text(probes[name]["held_out_rank"]), f"{probes[name]['shuffled_rank']:.1f}",
              f"{probes['chance_rank']:.1f}"]
             for name in ("present", "other")
         ],
     )  # fmt: skip
     page.paragraph(
         f"Cosine of 'present speaker is X' and 'other speaker is X' probe directions: "
-        f"{fmt(probes['cosine_present_other'])}; with X's emotion vector: present "
-        f"{fmt(probes['cosine_present_vector'])}, other {fmt(probes['cosine_other_vector'])}."
+        f"{estimate_text(probes['cosine_present_other'])}; with X's emotion vector: present "
+        f"{estimate_text(probes['cosine_present_vector'])}, other {estimate_text(probes['cosine_other_vector'])}."
     )
 
 
@@ -304,8 +301,7 @@ def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (
             "speakers: each speaker's emotion on own minus other speaker's tokens",
-            f"{both['value']:+.3f} [{both['low']:+.3f}, {both['high']:+.3f}] "
-            f"(shuffled {data['shuffled_control']['value']:+.3f})",
+            f"{estimate_text(both)} (shuffled {data['shuffled_control']['value']:+.3f})",
             "",
         )
     ]
