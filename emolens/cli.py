@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emolens.models import DEFAULT_MODEL, DTYPES
+from emolens.models import DTYPES
+from emolens.packaged_models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

