@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emolens.allocator import retain_freed_memory
 from emolens.models import DTYPES
 from emolens.packaged_models import DEFAULT_MODEL
 
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         return int(args.handler(args))
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:

@@ -17,6 +17,7 @@ a character span are chosen by the position selectors of this module only: see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
@@ -192,27 +193,36 @@ def run_batches(
     texts: Sequence[str],
     options: ReadOptions | None = None,
     hooks: Sequence[ForwardHook] = (),
+    reuse_buffer: bool = False,
 ) -> Iterator[tuple[Batch, Float[Tensor, "layer batch pos d_model"]]]:
     """Yield each batch with its residual stream at ``options.layers`` (float32, model device).
 
     ``hooks`` are extra forward hooks run before the residual stream is read (so a hook at
-    a read layer changes what is read there); they are removed after each batch.
+    a read layer changes what is read there); they are removed after each batch. Each read
+    layer is copied out as the forward reaches it, so the model's own activation is freed
+    with its block. With ``reuse_buffer`` every batch is written into one block of memory
+    that grows to the largest batch: no allocation (and no page faults) per batch, but a
+    yielded tensor is only valid until the next batch is requested (:func:`reduce` uses it).
     """
     options = options or ReadOptions()
     chosen = check_layers(model, options.layers)
+    slot = {resid_hook(layer): index for index, layer in enumerate(chosen)}
     planned = batches(model, texts, options.window_start, options.token_budget)
     device = model.cfg.device
-    cache: dict[str, Tensor] = {}
+    storage = torch.empty(0, device=device)
+    resid = storage
 
     def keep(activation: Tensor, hook: HookPoint) -> None:
-        cache[str(hook.name)] = activation
+        resid[slot[str(hook.name)]].copy_(activation)
 
-    reads = [(resid_hook(layer), keep) for layer in chosen]
+    reads = [(name, keep) for name in slot]
     with torch.inference_mode():
         for batch in tqdm(planned, desc=options.progress, disable=options.progress is None, unit="batch"):
-            cache.clear()
+            shape = (len(chosen), *batch.tokens.shape, model.cfg.d_model)
+            if not reuse_buffer or storage.numel() < math.prod(shape):
+                storage = torch.empty(math.prod(shape), device=device)
+            resid = storage[: math.prod(shape)].view(shape)
             model.run_with_hooks(batch.tokens.to(device), fwd_hooks=[*hooks, *reads], stop_at_layer=max(chosen) + 1)
-            resid = torch.stack([cache[resid_hook(layer)] for layer in chosen]).float()
             batch.window = batch.window.to(resid.device)
             batch.lengths = batch.lengths.to(resid.device)
             yield batch, resid
@@ -241,8 +251,8 @@ def reduce(
     reducers: Sequence[Reducer],
     hooks: Sequence[ForwardHook] = (),
 ) -> None:
-    """One pass over ``texts`` feeding every reducer each batch."""
-    for batch, resid in run_batches(model, texts, options, hooks):
+    """One pass over ``texts`` feeding every reducer each batch (reducers must not keep ``resid``)."""
+    for batch, resid in run_batches(model, texts, options, hooks, reuse_buffer=True):
         for reducer in reducers:
             reducer.add(batch, resid)
 

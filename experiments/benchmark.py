@@ -6,6 +6,8 @@ process (import time reported separately); cold loads use an empty cache directo
 Throughput is a ratio against the plain transformers forward of the same model without
 the LM head, on the same batches, in the same process: the median over interleaved repeats
 of each repeat's paired ratio (a shared machine drifts; pairing cancels slow drift).
+Both sides run under the allocator setting of ``emolens`` commands
+(:func:`emolens.allocator.retain_freed_memory`) unless ``--allocator glibc`` is given.
 Memory is the peak RSS (Linux VmHWM, reset after the model is loaded) of a fit subprocess
 on N and on 4N stories, so streaming shows as equal peaks. (``ru_maxrss`` would not do: Linux keeps it across
 ``execve``, so a child started by a large parent reports the parent's size.)
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from emolens.allocator import retain_freed_memory
 from experiments.bench_choice import bench_choice
 from experiments.bench_interventions import bench_generate, bench_ray, bench_sweep
 from experiments.bench_monitor import bench_monitor
@@ -107,6 +110,7 @@ class Throughput:
     ratio: float  # median over repeats of the paired ratio (transformers time / emolens time, same repeat)
     ratio_low: float  # lowest and highest paired ratio: the machine's drift shows here
     ratio_high: float
+    allocator: str  # "retain" (freed blocks kept, as emolens commands run) or "glibc" (its defaults)
 
 
 PATHS = {  # label: (fused attention, weights laid out for F.linear)
@@ -116,8 +120,10 @@ PATHS = {  # label: (fused attention, weights laid out for F.linear)
 }
 
 
-def bench_throughput(name: str, repeats: int = 5, paths: tuple[str, ...] = tuple(PATHS)) -> list[Throughput]:
-    """All-layer extraction on each forward path of :mod:`emolens.fast_forward` vs ``hf_model.model(...)``.
+def bench_throughput(
+    name: str, repeats: int = 5, paths: tuple[str, ...] = tuple(PATHS), allocator: str = "retain"
+) -> list[Throughput]:
+    """The fit's all-layer extraction (``text_means``) on each path of :mod:`emolens.fast_forward` vs transformers.
 
     Two workloads: 96 training stories (the fit's large batches) and 12 short snippets
     forwarded 20 times (the small batches of sweep cells, choices and generation). The HF
@@ -131,8 +137,8 @@ def bench_throughput(name: str, repeats: int = 5, paths: tuple[str, ...] = tuple
     stories = [s.text for s in load_stories(split="train")[:96]]
     snippets = [text[:80] for text in load_neutral()[:12]]
     return [
-        *_throughput(model, hf_model, name, "96 stories", stories, 1, repeats, paths),
-        *_throughput(model, hf_model, name, "12 snippets x 20", snippets, 20, repeats, paths),
+        *_throughput(model, hf_model, name, "96 stories", stories, 1, repeats, paths, allocator),
+        *_throughput(model, hf_model, name, "12 snippets x 20", snippets, 20, repeats, paths, allocator),
     ]
 
 
@@ -145,10 +151,11 @@ def _throughput(
     loops: int,
     repeats: int,
     paths: tuple[str, ...],
+    allocator: str,
 ) -> list[Throughput]:
     import torch
 
-    from emolens.extract import batches, masked_means, stream_resid
+    from emolens.extract import batches, text_means
     from emolens.fast_forward import disable_fast_attention, enable_fast_attention, store_weights_for_linear
 
     planned = batches(model, texts)
@@ -166,8 +173,7 @@ def _throughput(
 
     def ours() -> None:
         for _ in range(loops):
-            for batch, resid in stream_resid(model, texts):
-                masked_means(resid, batch.window)
+            text_means(model, texts)
 
     def theirs() -> None:
         with torch.inference_mode():
@@ -198,6 +204,7 @@ def _throughput(
                 statistics.median(paired),
                 min(paired),
                 max(paired),
+                allocator,
             )
         )
     return rows
@@ -240,11 +247,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=PACKAGED)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="throughput: paths")
     parser.add_argument("--repeats", type=int, default=5, help="throughput: interleaved repeats")
+    parser.add_argument(
+        "--allocator", default="retain", choices=["retain", "glibc"], help="retain: as emolens commands run"
+    )
     args = parser.parse_args(argv)
+    if args.allocator == "retain" and not retain_freed_memory():
+        args.allocator = "glibc"  # not glibc: nothing to change
     OUT.mkdir(parents=True, exist_ok=True)
     benches: dict[str, Callable[[str], object]] = {
         "load": bench_load,
-        "throughput": lambda name: bench_throughput(name, args.repeats, tuple(args.paths)),
+        "throughput": lambda name: bench_throughput(name, args.repeats, tuple(args.paths), args.allocator),
         "memory": bench_memory,
         "sweep": bench_sweep,
         "generate": bench_generate,

@@ -199,3 +199,20 @@ def test_masked_means_equal_the_loop_over_texts_and_layers() -> None:
             if window[text].any():
                 expected[text, layer] = resid[layer, text, window[text]].mean(dim=0)
     torch.testing.assert_close(masked_means(resid, window), expected)
+
+
+def test_reused_read_buffer_gives_what_fresh_batches_give(tiny_model) -> None:
+    from emolens.extract import ReadOptions, run_batches
+
+    texts = [" ".join(f"w{10 + i + j}" for j in range(12)) for i in range(9)]  # equal lengths, 2 per batch
+    options = ReadOptions(layers=[0, 2], window_start=0, token_budget=100)
+    fresh = list(run_batches(tiny_model, texts, options))  # kept across batches: each its own tensor
+    reused, addresses = [], set()
+    for _, resid in run_batches(tiny_model, texts, options, reuse_buffer=True):
+        addresses.add(resid.data_ptr())
+        reused.append(resid.clone())
+    assert len(fresh) == 5 and len(addresses) == 1  # the first batch is the largest: one buffer for all
+    for (batch, kept), copied in zip(fresh, reused, strict=True):
+        torch.testing.assert_close(kept, copied, rtol=0, atol=0)
+        expected = torch.stack([tiny_model.run_with_cache(batch.tokens)[1][resid_hook(layer)] for layer in (0, 2)])
+        torch.testing.assert_close(kept, expected)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from emolens.allocator import retain_freed_memory
 from emolens.files import atomic_write_text
 from emolens.packaged_models import DEFAULT_MODEL
 
@@ -37,6 +38,7 @@ def experiment_main(name: str, run: Runner, argv: Sequence[str] | None = None, d
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    retain_freed_memory()
     try:
         from emolens.models import load_model
         from emolens.vectors import EmotionVectors

@@ -90,7 +90,7 @@ class DialogueReadings:
         for row, text_index in enumerate(batch.indices):
             length = int(batch.lengths[row])
             self.readings[text_index] = readings[row, :length].cpu()
-            self.resid[text_index] = resid[0, row, :length].cpu()
+            self.resid[text_index] = resid[0, row, :length].to("cpu", copy=True)  # resid is reused next batch
 
 
 def ridge_map(
