@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from emolens.allocator import retain_freed_memory
+from experiments.bench_allocator import bench_allocator
 from experiments.bench_choice import bench_choice
 from experiments.bench_interventions import bench_generate, bench_ray, bench_sweep
 from experiments.bench_monitor import bench_monitor
@@ -242,11 +243,11 @@ def main(argv: list[str] | None = None) -> None:
         "what",
         nargs="?",
         default="all",
-        choices=["load", "throughput", "memory", "sweep", "generate", "ray", "monitor", "choice", "all"],
+        choices=["load", "throughput", "allocator", "memory", "sweep", "generate", "ray", "monitor", "choice", "all"],
     )
     parser.add_argument("--models", nargs="+", default=PACKAGED)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="throughput: paths")
-    parser.add_argument("--repeats", type=int, default=5, help="throughput: interleaved repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="throughput, allocator: interleaved repeats")
     parser.add_argument(
         "--allocator", default="retain", choices=["retain", "glibc"], help="retain: as emolens commands run"
     )
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     benches: dict[str, Callable[[str], object]] = {
         "load": bench_load,
         "throughput": lambda name: bench_throughput(name, args.repeats, tuple(args.paths), args.allocator),
+        "allocator": lambda name: bench_allocator(name, args.repeats),
         "memory": bench_memory,
         "sweep": bench_sweep,
         "generate": bench_generate,
