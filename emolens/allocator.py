@@ -3,8 +3,8 @@
 PyTorch's CPU allocator hands every tensor back to ``malloc`` when it dies. glibc serves
 large blocks with ``mmap`` and unmaps them when freed (and trims a free heap top), so the
 next batch's activations of the same size are faulted in again page by page: on a 2-core
-VM a SmolLM2 pass over 48 stories took 0.9 to 1.6 million minor faults, at about 2 us
-each. :func:`retain_freed_memory` turns ``mmap`` off for ``malloc`` and raises the trim
+VM the fit's extraction over 96 SmolLM2 stories took 2.7 million minor faults, at about
+2 us each (``python -m experiments.benchmark allocator``). :func:`retain_freed_memory` turns ``mmap`` off for ``malloc`` and raises the trim
 threshold, so freed blocks stay in the heap for the next batch; ``emolens`` commands call it
 at start-up, the library never does on import. The process keeps its freed memory (up to
 its high-water mark) until it exits. See docs/results.md for the figures.
