@@ -4,10 +4,11 @@ PyTorch's CPU allocator hands every tensor back to ``malloc`` when it dies. glib
 large blocks with ``mmap`` and unmaps them when freed (and trims a free heap top), so the
 next batch's activations of the same size are faulted in again page by page: on a 2-core
 VM the fit's extraction over 96 SmolLM2 stories took 2.7 million minor faults, at about
-2 us each (``python -m experiments.benchmark allocator``). :func:`retain_freed_memory` turns ``mmap`` off for ``malloc`` and raises the trim
-threshold, so freed blocks stay in the heap for the next batch; ``emolens`` commands call it
-at start-up, the library never does on import. The process keeps its freed memory (up to
-its high-water mark) until it exits. See docs/results.md for the figures.
+2 us each (``python -m experiments.benchmark allocator``). :func:`retain_freed_memory`
+turns ``mmap`` off for ``malloc`` and raises the trim threshold, so freed blocks stay in
+the heap for the next batch; ``emolens`` commands call it at start-up, the library never
+does on import. The process keeps its freed memory (up to its high-water mark) until it
+exits. See docs/results.md for the figures.
 """
 
 from __future__ import annotations
