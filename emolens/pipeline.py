@@ -42,6 +42,11 @@ TINY_EMOTIONS = (
     *("envious", "panicked", "excited", "bored"),  # three speaker pairs (speakers.jsonl)
 )
 FIT_SETTINGS: dict[str, Any] = {"method": "mean_diff", "denoise_variance": 0.5, "window_start": 50, "emotions": "all"}
+CPU_FIT_SETTINGS: dict[str, Any] = {  # every emotion, fewer texts: the fit of a 2-core run (docs/results.md)
+    **FIT_SETTINGS,
+    "stories_per_emotion": 5,  # per split: the first 5 of 10 training stories; both validation stories stay
+    "neutral_stride": 2,  # every other neutral text: half of them, dialogues and expository alike
+}
 QUICK_EMOTIONS = (  # the quick profile's fit on a packaged model: covers every experiment's emotion list
     *("happy", "excited", "proud", "loving", "calm", "surprised", "sad", "afraid", "angry", "ashamed", "bored"),
     *("nervous", "desperate", "blissful", "hostile", "joyful", "content", "anxious", "guilty", "grateful"),
@@ -73,16 +78,22 @@ def load(model_name: str, device: str | None = None, dtype: str = "float32") -> 
 
 
 def fit_settings(model_name: str, profile: str = "cpu") -> dict[str, Any]:
-    """The fit a run makes: the study's recipe on the packaged corpus (``quick``: 26 emotions), or a tiny one."""
+    """The fit a run makes: the study's recipe on the whole packaged corpus (``full``), on fewer texts
+    (``cpu``), on 26 emotions (``quick``), or a tiny one."""
     if model_name == TINY:
         return dict(TINY_FIT_SETTINGS)
-    return {**FIT_SETTINGS, "emotions": list(QUICK_EMOTIONS)} if profile == "quick" else dict(FIT_SETTINGS)
+    by_profile = {"quick": {**FIT_SETTINGS, "emotions": list(QUICK_EMOTIONS)}, "cpu": CPU_FIT_SETTINGS}
+    return dict(by_profile.get(check_profile(profile), FIT_SETTINGS))
 
 
 def reusable_settings(model_name: str, profile: str = "cpu") -> list[dict[str, Any]]:
-    """Fit settings whose vectors serve this run: its own, and for ``quick`` also a full fit (a superset)."""
-    own = fit_settings(model_name, profile)
-    return [own] if own == fit_settings(model_name) else [own, fit_settings(model_name)]
+    """Fit settings whose vectors serve this run: its own, then those of every larger profile."""
+    larger = list(PROFILES)[list(PROFILES).index(check_profile(profile)) :]
+    accepted: list[dict[str, Any]] = []
+    for settings in (fit_settings(model_name, name) for name in larger):
+        if settings not in accepted:
+            accepted.append(settings)
+    return accepted
 
 
 def file_digest(*paths: Path) -> str:
@@ -161,16 +172,14 @@ def vectors_mismatch(vectors: EmotionVectors, model: HookedTransformer, accepted
 
 
 def stories_for(split: Literal["train", "validation"], settings: dict[str, Any]) -> list[Story] | None:
-    """The packaged split, or (when ``settings`` limit it) the first few shortened stories of each emotion."""
+    """The packaged split, or (when ``settings`` limit it) the first few (shortened) stories of each emotion."""
     if "stories_per_emotion" not in settings:
         return None
     kept: list[Story] = []
     for story in load_stories(split=split):
-        if (
-            story.emotion in settings["emotions"]
-            and sum(s.emotion == story.emotion for s in kept) < settings["stories_per_emotion"]
-        ):
-            kept.append(replace(story, text=story.text[: settings["story_chars"]]))
+        wanted = settings["emotions"] == "all" or story.emotion in settings["emotions"]
+        if wanted and sum(s.emotion == story.emotion for s in kept) < settings["stories_per_emotion"]:
+            kept.append(replace(story, text=story.text[: settings.get("story_chars")]))
     return kept
 
 
@@ -178,11 +187,10 @@ def fit_vectors(model: HookedTransformer, settings: dict[str, Any]) -> EmotionVe
     """Fit with ``settings`` and record them, with the corpus hash, in the vectors' metadata."""
     started = time.perf_counter()
     emotions = None if settings["emotions"] == "all" else settings["emotions"]
-    neutral = (
-        [text[: settings["story_chars"]] for text in load_neutral()[: settings["neutral"]]]
-        if "neutral" in settings
-        else None
-    )
+    neutral = None
+    if "neutral" in settings or "neutral_stride" in settings:
+        chosen = load_neutral()[:: settings.get("neutral_stride", 1)][: settings.get("neutral")]
+        neutral = [text[: settings.get("story_chars")] for text in chosen]
     vectors = fit_emotion_vectors(
         model,
         stories=stories_for("train", settings),
@@ -294,7 +302,7 @@ def run_all(
     print(f"[fit] {how} ({len(vectors.emotions)} emotions x {len(vectors.layers)} layers) in {fit_seconds:.1f} s")
 
     shared = {"model": identity, "vectors": vectors_hash, "data": data_digest(), "seed": seed}
-    held_out = stories_for("validation", fit_settings(model_name))
+    held_out = stories_for("validation", fit_settings(model_name, profile))
     stages = [Stage("validation", validation_module, lambda: _validation(model, vectors, held_out))]
     stages += [Stage(name, module, _experiment_call(module, model, vectors, profile, seed)) for name, module in modules]
     stages = [stage for stage in stages if not only or stage.name in only]

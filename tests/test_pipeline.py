@@ -175,11 +175,25 @@ def test_code_digest_follows_imported_emolens_modules() -> None:
     assert pipeline.code_digest(validation) == pipeline.code_digest(validation)
 
 
-def test_quick_profile_fits_fewer_emotions_and_reuses_a_full_fit() -> None:
+def test_smaller_profiles_fit_less_and_reuse_the_fit_of_a_larger_one() -> None:
     from emolens.concepts import check_emotion
 
     quick = pipeline.fit_settings("gemma-3-270m", "quick")
     assert quick["emotions"] == [check_emotion(e) for e in pipeline.QUICK_EMOTIONS]
-    assert pipeline.reusable_settings("gemma-3-270m", "quick") == [quick, pipeline.FIT_SETTINGS]
-    assert pipeline.reusable_settings("gemma-3-270m", "cpu") == [pipeline.FIT_SETTINGS]
+    cpu, full = pipeline.CPU_FIT_SETTINGS, pipeline.FIT_SETTINGS
+    assert pipeline.reusable_settings("gemma-3-270m", "quick") == [quick, cpu, full]
+    assert pipeline.reusable_settings("gemma-3-270m", "cpu") == [cpu, full]
+    assert pipeline.reusable_settings("gemma-3-270m", "full") == [full]
     assert pipeline.reusable_settings(pipeline.TINY, "quick") == [pipeline.TINY_FIT_SETTINGS]
+
+
+def test_cpu_fit_takes_the_first_stories_of_every_emotion_and_every_validation_story() -> None:
+    from emolens.concepts import emotions
+    from emolens.corpus import load_stories
+
+    cpu = pipeline.fit_settings("gemma-3-270m", "cpu")
+    train = pipeline.stories_for("train", cpu) or []
+    per_emotion = {e: [s.text for s in train if s.emotion == e] for e in emotions()}
+    first = {e: [s.text for s in load_stories(split="train") if s.emotion == e][: cpu["stories_per_emotion"]] for e in emotions()}
+    assert per_emotion == first
+    assert pipeline.stories_for("validation", cpu) == load_stories(split="validation")

@@ -44,7 +44,7 @@ from emolens.vectors import EmotionVectors
 CONDITIONS = ("emotion", "emotion_random", "valence", "valence_random")
 SIZES: dict[str, dict[str, Any]] = {  # layers: evenly spaced count (None: every layer); prompts: report prompts
     "quick": {"emotions": 3, "layers": 2, "prompts": 3},
-    "cpu": {"emotions": 12, "layers": 6, "prompts": 6},
+    "cpu": {"emotions": 8, "layers": 4, "prompts": 6},  # sized for make demo in 20 minutes on 2 cores
     "full": {"emotions": 12, "layers": None, "prompts": 12},
 }
 

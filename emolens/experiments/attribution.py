@@ -57,7 +57,7 @@ EMOTIONS = (
 SIZES: dict[str, dict[str, Any]] = {
     # quick cuts each story to its first ``chars`` characters (a smoke run, not a measurement)
     "quick": {"emotions": 3, "train": 2, "ks": [1, 3], "draws": 2, "heads": 2, "example_tokens": 24, "chars": 200},
-    "cpu": {"emotions": 6, "train": 10, "ks": [1, 3, 10], "draws": 8, "heads": 3, "example_tokens": 40, "chars": None},
+    "cpu": {"emotions": 4, "train": 10, "ks": [1, 3, 10], "draws": 6, "heads": 3, "example_tokens": 40, "chars": None},
     "full": {
         "emotions": 12,
         "train": 10,

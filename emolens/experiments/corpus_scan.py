@@ -41,11 +41,12 @@ from emolens.validation import kmeans_labels
 from emolens.vectors import EmotionVectors
 
 PROFILE_SIZES: dict[str, dict[str, int | None]] = {
-    # emotions scanned, emotions whose validation stories are in the corpus, neutral texts,
-    # top passages kept, top passages stored with per-token values (None: all)
-    "quick": {"emotions": 4, "story_emotions": 8, "neutral": 8, "top": 3, "tokens": 2},
-    "cpu": {"emotions": None, "story_emotions": None, "neutral": None, "top": 5, "tokens": 3},
-    "full": {"emotions": None, "story_emotions": None, "neutral": None, "top": 10, "tokens": 5},
+    # emotions scanned, emotions whose validation stories are in the corpus, neutral texts (every
+    # ``neutral_stride``-th, then the first ``neutral``), top passages kept, top passages stored
+    # with per-token values (None: all)
+    "quick": {"emotions": 4, "story_emotions": 8, "neutral_stride": 1, "neutral": 8, "top": 3, "tokens": 2},
+    "cpu": {"emotions": None, "story_emotions": None, "neutral_stride": 4, "neutral": None, "top": 5, "tokens": 3},
+    "full": {"emotions": None, "story_emotions": None, "neutral_stride": 1, "neutral": None, "top": 10, "tokens": 5},
 }
 SHUFFLES = 200
 
@@ -123,7 +124,7 @@ def run(
     index = {e: i for i, e in enumerate(vecs.emotions)}
     in_corpus = set(list(vecs.emotions)[: sizes["story_emotions"]])
     stories = [s for s in load_stories(split="validation") if s.emotion in in_corpus]
-    neutral = load_neutral()[: sizes["neutral"]]
+    neutral = load_neutral()[:: sizes["neutral_stride"] or 1][: sizes["neutral"]]
     texts = [s.text for s in stories] + neutral
     labels = np.array([index[s.emotion] for s in stories] + [-1] * len(neutral))  # -1: neutral
     readings = passage_readings(model, vecs, texts, chosen, calibrated)

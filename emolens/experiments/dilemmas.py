@@ -51,7 +51,7 @@ NARROW = (-0.1, -0.05, 0.05, 0.1)
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"paraphrases": 2, "alphas": (-0.5, 0.5), "controls": 1},
-    "cpu": {"paraphrases": 8, "alphas": (-0.5, -0.25, *NARROW, 0.25, 0.5), "controls": 2},
+    "cpu": {"paraphrases": 6, "alphas": (-0.5, *NARROW, 0.5), "controls": 2},
     "full": {"paraphrases": 8, "alphas": (-1.0, -0.5, -0.25, *NARROW, 0.25, 0.5, 1.0), "controls": 4},
 }
 

@@ -59,7 +59,7 @@ BAND = 3  # middle layers steered
 
 SIZES: dict[str, dict[str, Any]] = {  # offsets: circulant pair design (None: every pair)
     "quick": {"per_category": 1, "offsets": (1, 2), "emotions": 3, "controls": 2, "samples": 200},
-    "cpu": {"per_category": 8, "offsets": (1, 7, 23), "emotions": 12, "controls": 3, "samples": 1000},
+    "cpu": {"per_category": 8, "offsets": (1, 23), "emotions": 8, "controls": 2, "samples": 1000},
     "full": {"per_category": 8, "offsets": None, "emotions": 35, "controls": 8, "samples": 1000},
 }
 
