@@ -51,7 +51,7 @@ SWEEP_VERSION = 1
 INTERVENTIONS = ("steer", "ablate")
 SWEEP_POSITIONS = ("all", "last")
 EXECUTORS = ("local", "ray")
-ROW_BUDGET = 256  # rows (cells x prompts) per batched forward
+ROW_BUDGET = 256  # rows (cells x prompts) per batched forward and unembedding (256 MiB of gemma log-probs)
 
 
 @dataclass(frozen=True)
@@ -290,10 +290,11 @@ class CellRunner:
             last = self.last.repeat(len(group))
             with torch.inference_mode():
                 final = self.model(edited, start_at_layer=layer + 1, stop_at_layer=self.model.cfg.n_layers)
-                final_last = final[torch.arange(len(last)), last]
-                for index, cell in enumerate(group):  # one cell's prompts at a time: vocab-wide tensors stay small
-                    logprobs = next_token_logprobs(self.model, final_last[index * n_prompts : (index + 1) * n_prompts])
-                    rows.append(self._row(cell, logprobs))
+                # one unembedding for the whole group: with few rows it is bound by reading the
+                # vocab x d_model weights, so per-cell calls would read them once per cell
+                logprobs = next_token_logprobs(self.model, final[torch.arange(len(last)), last])
+                for index, cell in enumerate(group):
+                    rows.append(self._row(cell, logprobs[index * n_prompts : (index + 1) * n_prompts]))
         return rows
 
     def _row(self, cell: Cell, logprobs: Float[Tensor, "prompt vocab"]) -> dict[str, Any]:

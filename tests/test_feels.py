@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import torch
 from helpers import check_estimate
 
 from emolens.experiments import feels
 from emolens.report.page import Page
+from emolens.steer import steer
 
 
 def test_feels_quick_on_tiny_model(tiny_model, tiny_vectors):
@@ -26,3 +28,26 @@ def test_feels_quick_on_tiny_model(tiny_model, tiny_vectors):
     page = Page("feels")
     feels.render(page, data)
     assert "feels" in page.render()
+
+
+def test_batched_continuations_match_one_steered_generation_at_a_time(tiny_model, tiny_vectors):
+    prompt, layer, alpha, n = "The letter arrived this morning and I", 1, 2.0, 8
+    rows = feels.continuations(tiny_model, tiny_vectors, [prompt], ["happy", "sad"], layer, alpha, n)
+    tokens = tiny_model.to_tokens(prompt)
+
+    def alone() -> str:  # the slow reference: one generation, steered (or not) by ``steer``
+        with torch.inference_mode():
+            output = tiny_model.generate(tokens, max_new_tokens=n, do_sample=False, verbose=False)
+        return str(tiny_model.tokenizer.decode(output[0, tokens.shape[1] :], skip_special_tokens=True))
+
+    assert [(row["emotion"], row["alpha"]) for row in rows] == [
+        ("happy", 2.0),
+        ("happy", -2.0),
+        ("sad", 2.0),
+        ("sad", -2.0),
+    ]
+    assert all(row["unsteered"] == alone() for row in rows)
+    for row in rows:
+        with steer(tiny_model, tiny_vectors, row["emotion"], row["alpha"], layers=[layer], positions="all"):
+            assert row["steered"] == alone()
+    assert any(row["steered"] != row["unsteered"] for row in rows)

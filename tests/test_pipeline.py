@@ -194,6 +194,9 @@ def test_cpu_fit_takes_the_first_stories_of_every_emotion_and_every_validation_s
     cpu = pipeline.fit_settings("gemma-3-270m", "cpu")
     train = pipeline.stories_for("train", cpu) or []
     per_emotion = {e: [s.text for s in train if s.emotion == e] for e in emotions()}
-    first = {e: [s.text for s in load_stories(split="train") if s.emotion == e][: cpu["stories_per_emotion"]] for e in emotions()}
+    first = {
+        e: [s.text for s in load_stories(split="train") if s.emotion == e][: cpu["stories_per_emotion"]]
+        for e in emotions()
+    }
     assert per_emotion == first
     assert pipeline.stories_for("validation", cpu) == load_stories(split="validation")
