@@ -16,7 +16,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -25,14 +25,13 @@ from typing import Any, Literal
 import torch
 from transformer_lens import HookedTransformer
 
-from emolens import validation as validation_module
 from emolens.corpus import Story, data_path, load_neutral, load_stories
 from emolens.experiments import PROFILES, check_experiment, check_profile, load_experiment
 from emolens.files import atomic_write_text
 from emolens.fit import fit_emotion_vectors
 from emolens.models import load_model, model_identity, tiny_random_model
 from emolens.report.site import build_report
-from emolens.story_readings import story_readings
+from emolens.stages import Stage, run_stages
 from emolens.vectors import EmotionVectors
 
 TINY = "tiny"  # ``--model tiny``: the random test model with a small fit (smoke tests, the browser test)
@@ -303,8 +302,7 @@ def run_all(
 
     shared = {"model": identity, "vectors": vectors_hash, "data": data_digest(), "seed": seed}
     held_out = stories_for("validation", fit_settings(model_name, profile))
-    stages = [Stage("validation", validation_module, lambda: _validation(model, vectors, held_out))]
-    stages += [Stage(name, module, _experiment_call(module, model, vectors, profile, seed)) for name, module in modules]
+    stages, shared_pass = run_stages(model, vectors, modules, profile, seed, held_out)
     stages = [stage for stage in stages if not only or stage.name in only]
     for stage in stages:
         stage.key = stage_key(
@@ -314,6 +312,7 @@ def run_all(
             **shared,
         )
         stage.previous = (read_result(results / f"{stage.name}.json") or {}).get("_stage", {})
+    shared_pass.plan([stage.name for stage in stages if stage.previous.get("key") != stage.key])
     for index, stage in enumerate(stages):
         prefix = f"[{index + 1}/{len(stages)} {stage.name}]"
         if stage.previous.get("key") == stage.key:
@@ -342,17 +341,6 @@ def run_all(
     outcome.failures.update({f"report:{name}": message for name, message in render_failures.items()})
     print(f"[report] {outcome.report} ({_clock(time.perf_counter() - started)} in all)")
     return outcome
-
-
-@dataclass
-class Stage:
-    """One resumable step: its results file is ``results/NAME.json``."""
-
-    name: str
-    module: ModuleType  # the code whose source enters the key
-    compute: Callable[[], dict[str, Any]]
-    key: str = ""
-    previous: dict[str, Any] = field(default_factory=dict)  # the _stage block of the last results file
 
 
 def _estimate(pending: Sequence[Stage]) -> str:
@@ -385,20 +373,3 @@ def _run_stage(stage: Stage, path: Path, settings: dict[str, Any], outcome: RunO
         return f"FAILED: {outcome.failures[stage.name]}"
     outcome.stages.append({"name": stage.name, "status": "computed", "seconds": seconds})
     return f"done in {_clock(seconds)}"
-
-
-def _validation(model: HookedTransformer, vectors: EmotionVectors, held_out: list[Story] | None) -> dict[str, Any]:
-    """Held-out accuracy per layer, plus per-token readings of a few held-out stories for the report."""
-    stories = held_out if held_out is not None else load_stories(split="validation")
-    examples = story_readings(model, vectors, stories)
-    return {**validation_module.validate(vectors, model, held_out).to_dict(), "examples": examples}
-
-
-def _experiment_call(
-    module: ModuleType, model: HookedTransformer, vectors: EmotionVectors, profile: str, seed: int
-) -> Callable[[], dict[str, Any]]:
-    def call() -> dict[str, Any]:
-        result = module.run(model, vectors, profile=profile, seed=seed)
-        return dict(result.to_dict())
-
-    return call

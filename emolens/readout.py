@@ -43,7 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from emolens.extract import Batch, ReadOptions, check_layers, reduce, text_start
+from emolens.extract import Batch, ReadOptions, Reducer, check_layers, reduce, text_start
 
 if TYPE_CHECKING:
     from emolens.vectors import EmotionVectors
@@ -169,8 +169,12 @@ def window_readings(
     calibrated: bool = True,
     window_start: int | None = None,
     progress: str | None = None,
+    also: Sequence[Reducer] = (),
 ) -> Float[Tensor, "text layer emotion"]:
-    """Window-mean readings of each text at ``layers`` (default: all fitted layers) under the window policy."""
+    """Window-mean readings of each text at ``layers`` (default: all fitted layers) under the window policy.
+
+    ``also``: more reducers fed by the same pass (their ``resid`` rows are ``layers``).
+    """
     vecs.check_model(model)
     items = as_texts(texts)
     chosen = list(vecs.layers) if layers is None else [vecs.layers[vecs.layer_index(layer)] for layer in layers]
@@ -178,7 +182,7 @@ def window_readings(
         require_calibration(vecs)
     start = fit_window_start(vecs) if window_start is None else window_start
     reducer = WindowReadings(vecs, len(items), chosen, calibrated)
-    reduce(model, items, ReadOptions(layers=chosen, window_start=start, progress=progress), [reducer])
+    reduce(model, items, ReadOptions(layers=chosen, window_start=start, progress=progress), [reducer, *also])
     return reducer.means
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from emolens.corpus import Story, load_stories
+from emolens.extract import Reducer
 from emolens.readout import window_readings
 from emolens.stats import Estimate, bootstrap
 from emolens.vectors import EmotionVectors
@@ -92,8 +93,13 @@ def validate(
     model: HookedTransformer,
     stories: Sequence[Story] | None = None,
     calibrated: bool = False,
+    also: Sequence[Reducer] = (),
 ) -> Validation:
-    """Held-out accuracy of ``vectors`` per layer on ``stories`` (default: the packaged validation split)."""
+    """Held-out accuracy of ``vectors`` per layer on ``stories`` (default: the packaged validation split).
+
+    ``also``: more reducers fed by the same pass over the held-out stories (those of the
+    fitted emotions, in order), which reads every fitted layer.
+    """
     vectors.check_model(model)
     held_out = [s for s in (stories or load_stories(split="validation")) if s.emotion in vectors.emotions]
     if not held_out:
@@ -101,7 +107,7 @@ def validate(
     use_calibration = calibrated
     truth = torch.tensor([vectors.emotions.index(s.emotion) for s in held_out])
     readings = window_readings(
-        vectors, model, [s.text for s in held_out], calibrated=use_calibration, progress="validation"
+        vectors, model, [s.text for s in held_out], calibrated=use_calibration, progress="validation", also=also
     )
     truth_np = truth.numpy()
     n_emotions = len(vectors.emotions)

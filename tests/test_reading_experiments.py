@@ -17,6 +17,7 @@ from emolens.experiments.scenarios import descending_ranks
 from emolens.experiments.speakers import load_dialogues, ridge_map
 from emolens.fit import fit_emotion_vectors
 from emolens.readout import calibrate
+from emolens.stages import SharedStoryPass
 from emolens.vectors import EmotionVectors
 
 # the emotions the quick profiles' scenarios, templates and dialogues name (and a few more)
@@ -122,6 +123,39 @@ def test_corpus_scan_token_values_match_read(tiny_model: HookedTransformer, read
     read = reading_vectors.read(tiny_model, best["text"], data["layer"])
     column = read[-len(best["values"]) :, reading_vectors.emotions.index(emotion["emotion"])]
     np.testing.assert_allclose(best["values"], column.numpy(), atol=2e-2, rtol=2e-2)
+
+
+def test_corpus_scan_on_stories_read_in_validations_pass_matches_the_scan_alone(
+    tiny_model: HookedTransformer, reading_vectors: EmotionVectors
+) -> None:
+    """The run's shared pass (validation reads every layer, the scan's reducer rides along) changes no result."""
+    alone = corpus_scan.run(tiny_model, reading_vectors, profile="cpu").to_dict()
+    shared = SharedStoryPass(tiny_model, reading_vectors, "cpu", load_stories(split="validation"))
+    shared.plan(["validation", "corpus_scan"])
+    assert shared.scan_arguments() == {}  # nothing to hand over before validation has run
+    validation = shared.validation()
+    arguments = shared.scan_arguments()
+    assert len(arguments["story_readings"].token_ids) == alone["n_stories"] == validation["n_stories"]
+    with_shared = corpus_scan.run(tiny_model, reading_vectors, profile="cpu", **arguments).to_dict()
+    assert [e["emotion"] for e in with_shared["emotions"]] == [e["emotion"] for e in alone["emotions"]]
+    for mine, theirs in zip(with_shared["emotions"], alone["emotions"], strict=True):
+        assert [p["passage"] for p in mine["top"]] == [p["passage"] for p in theirs["top"]]
+        np.testing.assert_allclose([p["score"] for p in mine["top"]], [p["score"] for p in theirs["top"]], atol=1e-3)
+        np.testing.assert_allclose(mine["top"][0]["values"], theirs["top"][0]["values"], atol=2e-2)
+    assert with_shared["precision"] == alone["precision"]
+
+
+def test_corpus_scan_shares_no_pass_over_other_texts(
+    tiny_model: HookedTransformer, reading_vectors: EmotionVectors
+) -> None:
+    stories = corpus_scan.scanned_stories(reading_vectors, "cpu")
+    shortened = [s.text[:300] for s in stories]
+    layers = list(reading_vectors.layers)
+    assert corpus_scan.story_reducer(tiny_model, reading_vectors, "cpu", shortened, layers) is None
+    assert corpus_scan.story_reducer(tiny_model, reading_vectors, "quick", [s.text for s in stories], layers) is None
+    shared = SharedStoryPass(tiny_model, reading_vectors, "cpu", stories)
+    shared.plan(["corpus_scan"])  # validation reused: the scan reads its own stories
+    assert shared.scan_reducer is None
 
 
 def test_descending_ranks() -> None:

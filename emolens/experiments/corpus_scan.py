@@ -21,6 +21,7 @@ scanned emotion (profile quick: a few; cpu/full: all fitted emotions):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from emolens.corpus import load_neutral, load_stories
+from emolens.corpus import Story, load_neutral, load_stories
 from emolens.experiments.runner import experiment_main
 from emolens.experiments.scenarios import reading_setup
 from emolens.extract import Batch, ReadOptions, reduce
@@ -61,16 +62,24 @@ class PassageReadings:
 
 
 class TokenReadingsReducer:
-    """Reducer keeping every text's per-token readings at one layer and its window-mean score."""
+    """Reducer keeping every text's per-token readings at one layer and its window-mean score.
 
-    def __init__(self, vecs: EmotionVectors, n_texts: int, layer: int, calibrated: bool) -> None:
+    ``read_layers`` are the layers of the pass's ``resid`` rows (default: just ``layer``), so
+    the reducer can ride on a pass that reads more layers (the validation stage's).
+    """
+
+    def __init__(
+        self, vecs: EmotionVectors, n_texts: int, layer: int, calibrated: bool, read_layers: Sequence[int] = ()
+    ) -> None:
         self.vecs, self.layer, self.calibrated = vecs, layer, calibrated
+        self.row = list(read_layers).index(layer) if read_layers else 0
         self.token_ids: list[list[int]] = [[] for _ in range(n_texts)]
         self.tokens: list[Tensor] = [torch.zeros(0) for _ in range(n_texts)]
         self.scores = torch.zeros(n_texts, len(vecs.emotions))
 
     def add(self, batch: Batch, resid: Float[Tensor, "layer batch pos d_model"]) -> None:
-        readings = token_readings(self.vecs, batch, resid, [self.layer], self.calibrated)[0]  # batch pos emotion
+        at_layer = resid[self.row : self.row + 1]
+        readings = token_readings(self.vecs, batch, at_layer, [self.layer], self.calibrated)[0]  # batch pos emotion
         weights = batch.window.to(readings.dtype)
         sums = einops.einsum(readings, weights, "batch pos emotion, batch pos -> batch emotion")
         self.scores[batch.indices] = (sums / weights.sum(dim=1, keepdim=True).clamp(min=1)).cpu()
@@ -79,15 +88,47 @@ class TokenReadingsReducer:
             self.token_ids[text_index] = batch.tokens[row, span].tolist()
             self.tokens[text_index] = readings[row, span].half().cpu()
 
+    def readings(self) -> PassageReadings:
+        """What the reducer collected, per text in input order."""
+        return PassageReadings(self.token_ids, self.tokens, self.scores)
+
 
 def passage_readings(
     model: HookedTransformer, vecs: EmotionVectors, texts: list[str], layer: int, calibrated: bool
 ) -> PassageReadings:
     """One batched pass over ``texts`` at ``layer``: per-token readings and window-mean scores."""
+    if not texts:
+        return PassageReadings([], [], torch.zeros(0, len(vecs.emotions)))
     reducer = TokenReadingsReducer(vecs, len(texts), layer, calibrated)
     options = ReadOptions(layers=[layer], window_start=fit_window_start(vecs), progress="passages")
     reduce(model, texts, options, [reducer])
-    return PassageReadings(reducer.token_ids, reducer.tokens, reducer.scores)
+    return reducer.readings()
+
+
+def joined(first: PassageReadings, second: PassageReadings) -> PassageReadings:
+    """The readings of ``first``'s passages followed by ``second``'s."""
+    scores = torch.cat([first.scores, second.scores])
+    return PassageReadings(first.token_ids + second.token_ids, first.tokens + second.tokens, scores)
+
+
+def scanned_stories(vecs: EmotionVectors, profile: str) -> list[Story]:
+    """The held-out stories in the scanned corpus, in order: those of the profile's first emotions."""
+    in_corpus = set(list(vecs.emotions)[: PROFILE_SIZES[profile]["story_emotions"]])
+    return [s for s in load_stories(split="validation") if s.emotion in in_corpus]
+
+
+def story_reducer(
+    model: HookedTransformer, vecs: EmotionVectors, profile: str, texts: Sequence[str], read_layers: Sequence[int]
+) -> TokenReadingsReducer | None:
+    """A reducer that collects this scan's story readings during another pass over ``texts``.
+
+    None unless ``texts`` are exactly the scan's stories, in order, and the pass reads the
+    scan's layer. Give the filled reducer's ``readings()`` to :func:`run` as ``story_readings``.
+    """
+    chosen, calibrated = reading_setup(model, vecs, profile, None)
+    if chosen not in read_layers or list(texts) != [s.text for s in scanned_stories(vecs, profile)]:
+        return None
+    return TokenReadingsReducer(vecs, len(texts), chosen, calibrated, read_layers)
 
 
 def precision_at_k(top: np.ndarray, labels: np.ndarray, targets: list[set[int]]) -> np.ndarray:
@@ -116,18 +157,27 @@ def run(
     profile: str = "cpu",
     seed: int = 0,
     layer: int | None = None,
+    story_readings: PassageReadings | None = None,
     **kwargs: Any,
 ) -> CorpusScanResult:
-    """Top passages of a mixed corpus per emotion, with per-token readings and precision vs chance."""
+    """Top passages of a mixed corpus per emotion, with per-token readings and precision vs chance.
+
+    ``story_readings``: the stories' readings from a shared pass (:func:`story_reducer`);
+    then only the neutral texts are read here.
+    """
     chosen, calibrated = reading_setup(model, vecs, profile, layer)
     sizes = PROFILE_SIZES[profile]
     index = {e: i for i, e in enumerate(vecs.emotions)}
-    in_corpus = set(list(vecs.emotions)[: sizes["story_emotions"]])
-    stories = [s for s in load_stories(split="validation") if s.emotion in in_corpus]
+    stories = scanned_stories(vecs, profile)
     neutral = load_neutral()[:: sizes["neutral_stride"] or 1][: sizes["neutral"]]
     texts = [s.text for s in stories] + neutral
     labels = np.array([index[s.emotion] for s in stories] + [-1] * len(neutral))  # -1: neutral
-    readings = passage_readings(model, vecs, texts, chosen, calibrated)
+    if story_readings is None:
+        readings = passage_readings(model, vecs, texts, chosen, calibrated)
+    elif len(story_readings.token_ids) != len(stories) or layer not in (None, chosen):
+        raise ValueError("story_readings must come from story_reducer() for this profile and the default layer")
+    else:
+        readings = joined(story_readings, passage_readings(model, vecs, neutral, chosen, calibrated))
     scanned = list(vecs.emotions)[: sizes["emotions"]]
     row = vecs.layer_index(chosen)
     unit = vecs.vectors[row] / vecs.vectors[row].norm(dim=-1, keepdim=True)
