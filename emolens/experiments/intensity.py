@@ -19,7 +19,6 @@ names with an expected direction ("up"/"down" as the quantity grows):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from transformer_lens import HookedTransformer
 from emolens.corpus import data_path
 from emolens.experiments.runner import experiment_main
 from emolens.experiments.scenarios import reading_setup, reply_start_readings
-from emolens.stats import bootstrap, estimate_text, permutation_p
+from emolens.stats import bootstrap, estimate_text, rank_correlation_p
 from emolens.vectors import EmotionVectors
 
 PROFILE_TEMPLATES = {"quick": 4, "cpu": None, "full": None}
@@ -38,19 +37,12 @@ CONTROL_DRAWS = 200
 DIRECTIONS = {"up": 1, "down": -1}
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
-    return float(scipy_stats.spearmanr(x, y).statistic)
-
-
-def _signed_spearman(values: np.ndarray, column: np.ndarray, sign: int) -> Callable[[np.ndarray], float]:
-    """The statistic of a permutation test: ``sign * rho(values[perm], column)``."""
-
-    def statistic(perm: np.ndarray) -> float:
-        return sign * spearman(values[perm], column)
-
-    return statistic
+def spearman(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman's rho of ``x`` (n) with each column of ``ys`` (n x k); 0 where either is constant."""
+    ranks_x = scipy_stats.rankdata(x) - (len(x) + 1) / 2
+    ranks_y = scipy_stats.rankdata(ys, axis=0) - (len(x) + 1) / 2
+    scale = np.linalg.norm(ranks_x) * np.linalg.norm(ranks_y, axis=0)
+    return np.divide(ranks_x @ ranks_y, scale, out=np.zeros(ys.shape[1]), where=scale > 0)
 
 
 def load_templates() -> list[dict[str, Any]]:
@@ -102,10 +94,10 @@ def run(
                 continue
             sign = DIRECTIONS[direction]
             column = block[:, index[emotion]]
-            rho = spearman(values, column)
+            rho = float(spearman(values, column[:, None])[0])
             others = rng.choice([i for i in range(len(vecs.emotions)) if i != index[emotion]], CONTROL_DRAWS)
-            control_signs = [sign * spearman(values, block[:, other]) > 0 for other in others]
-            p = permutation_p(_signed_spearman(values, column, sign), len(values), seed=seed)
+            control_signs = sign * spearman(values, block[:, others]) > 0
+            p = rank_correlation_p(values, column, sign, seed=seed)
             pairs.append(
                 {
                     "emotion": emotion,
