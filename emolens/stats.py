@@ -6,7 +6,7 @@ stories of one emotion. Every function is seeded and returns plain floats, ready
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,22 +50,45 @@ def bootstrap(
     ``statistic`` receives an index array into the units (length ``n_units``) so it can
     resample whole rows of several aligned arrays at once.
     """
-    if n_units < 2:
-        raise ValueError(f"need at least 2 independent units for a bootstrap interval, got {n_units}")
+    return crossed_bootstrap(statistic, (n_units,), samples, seed)
+
+
+def crossed_bootstrap(
+    statistic: Callable[..., float],
+    n_units: Sequence[int],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> Estimate:
+    """``bootstrap`` over several independent kinds of unit at once (say steered directions and prompts).
+
+    Each draw resamples every kind with replacement, independently, and calls
+    ``statistic(*index_arrays)`` with one index array per kind (lengths ``n_units``). With one
+    kind it is ``bootstrap``, draw for draw. ``Estimate.n`` is the first kind's count.
+    """
+    if min(n_units) < 2:
+        raise ValueError(f"need at least 2 independent units of each kind for a bootstrap interval, got {n_units}")
     rng = np.random.default_rng(seed)
-    value = float(statistic(np.arange(n_units)))
-    draws = np.array([statistic(rng.integers(0, n_units, n_units)) for _ in range(samples)], dtype=float)
+    value = float(statistic(*(np.arange(n) for n in n_units)))
+    draws = np.array([statistic(*(rng.integers(0, n, n) for n in n_units)) for _ in range(samples)], dtype=float)
     draws = draws[np.isfinite(draws)]
+    first = n_units[0]
     if draws.size == 0:
-        return Estimate(value, float("nan"), float("nan"), n_units)
+        return Estimate(value, float("nan"), float("nan"), first)
     low, high = np.percentile(draws, [2.5, 97.5])
-    return Estimate(round(value, 6), round(float(min(low, value)), 6), round(float(max(high, value)), 6), n_units)
+    return Estimate(round(value, 6), round(float(min(low, value)), 6), round(float(max(high, value)), 6), first)
 
 
 def mean_ci(values: np.ndarray | list[float], seed: int = 0) -> Estimate:
     """Mean of ``values`` (one per independent unit) with a bootstrap interval."""
     array = np.asarray(values, dtype=float)
     return bootstrap(lambda idx: float(array[idx].mean()), array.size, seed=seed)
+
+
+def crossed_mean_ci(values: np.ndarray, seed: int = 0) -> Estimate:
+    """Mean of a ``[row, column]`` table whose rows and columns are both independent units
+    (steered emotions x prompts), with an interval that resamples rows and columns."""
+    table = np.asarray(values, dtype=float)
+    return crossed_bootstrap(lambda rows, cols: float(table[np.ix_(rows, cols)].mean()), table.shape, seed=seed)
 
 
 def correlation_ci(

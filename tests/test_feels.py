@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 from helpers import check_estimate
 
@@ -51,3 +52,17 @@ def test_batched_continuations_match_one_steered_generation_at_a_time(tiny_model
         with steer(tiny_model, tiny_vectors, row["emotion"], row["alpha"], layers=[layer], positions="all"):
             assert row["steered"] == alone()
     assert any(row["steered"] != row["unsteered"] for row in rows)
+
+
+def test_dominance_rows_follow_the_emotion_order_so_controls_pair_with_their_emotions():
+    base = {"happy": np.zeros(2), "calm": np.zeros(2), "sad": np.zeros(2)}
+
+    def row(emotion: str, own: float) -> dict:
+        changes = {w: [own, own] if w == emotion else [0.0, 0.0] for w in base}
+        return {"emotion": emotion, "target_logprob_by_prompt": changes}
+
+    shuffled = [row("sad", 3.0), row("happy", 1.0), row("calm", 2.0)]
+    table = feels.dominance_by_emotion(shuffled, base, ["happy", "calm", "sad"])
+    assert table.shape == (3, 2)
+    np.testing.assert_allclose(table[:, 0], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(feels.dominance(shuffled, base, ["happy", "calm", "sad"]), [2.0, 2.0])

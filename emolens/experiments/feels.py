@@ -7,11 +7,16 @@ of the layer's mean residual norm), and the log-probability of each steered emot
 word (``" word"``'s first token) is read at the last position.
 
 Per layer and alpha, the *diagonal dominance* of the steered x measured matrix of
-log-probability changes is ``mean_e [d(e, e) - mean_{w != e} d(e, w)]``, computed per
-prompt and bootstrapped over prompts. The same statistic with seeded random directions
-of equal norm in place of each emotion's is the control. The alpha of each layer's
+log-probability changes is ``mean_e [d(e, e) - mean_{w != e} d(e, w)]``. The same
+statistic with seeded random directions of equal norm in place of each emotion's is the
+control. Intervals resample both independent units, the steered emotions (or random
+directions) and the prompts, so a control drawn from few directions gets the wide
+interval it deserves. The alpha of each layer's
 headline, and the best layer, are chosen on the ``select`` prompts by effect minus
-control (``select_effect``) and reported on the ``report`` prompts.
+control (``select_effect``) and reported on the ``report`` prompts. Effect minus control
+is paired: each emotion that has a random stand-in (``controls``, the first of the
+emotions) against that stand-in, on the same words and prompts, since a push of any
+direction moves some words more than others.
 Coherence: KL(unsteered || steered) of the next token on neutral text; an alpha is
 *usable* while that KL stays below ``KL_LIMIT`` nats for both signs. Greedy
 continuations at the chosen layer show what the steering does to text.
@@ -37,7 +42,7 @@ from emolens.extract import resid_hook
 from emolens.report.formact import estimate_errorbar
 from emolens.report.page import Page
 from emolens.report.views import side_by_side
-from emolens.stats import estimate_text, mean_ci
+from emolens.stats import crossed_mean_ci, estimate_text
 from emolens.steer import steering_vector
 from emolens.sweep import sweep
 from emolens.vectors import EmotionVectors
@@ -108,14 +113,25 @@ def feel_prompts(n_per_split: int) -> tuple[list[str], list[str]]:
     return select, report
 
 
-def dominance(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]) -> np.ndarray:
-    """Per prompt, mean over steered emotions of (own word's change - mean change of the other words)."""
+def dominance_by_emotion(
+    rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]
+) -> Float[np.ndarray, "steered prompt"]:
+    """Per steered row (an emotion, or a random direction in its place; in the order of ``emotions``)
+    and prompt: the own word's log-prob change minus the mean change of the other words."""
+    order = {name: i for i, name in enumerate(emotions)}
     per_emotion = []
-    for row in rows:
+    for row in sorted(rows, key=lambda r: order[r["emotion"]]):
         own = np.asarray(row["target_logprob_by_prompt"][row["emotion"]]) - base[row["emotion"]]
         others = [np.asarray(row["target_logprob_by_prompt"][w]) - base[w] for w in emotions if w != row["emotion"]]
         per_emotion.append(own - np.mean(others, axis=0))
-    return np.mean(per_emotion, axis=0)
+    return np.stack(per_emotion)
+
+
+def dominance(
+    rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]
+) -> Float[np.ndarray, " prompt"]:
+    """Per prompt, ``dominance_by_emotion`` averaged over the steered rows."""
+    return dominance_by_emotion(rows, base, emotions).mean(axis=0)
 
 
 def change_matrix(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]) -> list[list[float]]:
@@ -189,16 +205,17 @@ def run(
             def pick(rows: list[dict[str, Any]], layer: int = layer, alpha: float = alpha) -> list[dict[str, Any]]:
                 return [r for r in rows if r["layer"] == layer and r["alpha"] == alpha]
 
-            effect = dominance(pick(steered), base, names)
-            null = dominance(pick(control), base, names)
+            effect = dominance_by_emotion(pick(steered), base, names)
+            null = dominance_by_emotion(pick(control), base, names)
+            paired = effect[: len(null)] - null  # each control emotion's direction minus its random stand-in
             neutral_kl = float(np.mean([r["kl"] for r in pick(neutral_rows)]))
             cell = {
                 "layer": layer,
                 "alpha": alpha,
-                "select_effect": float(effect[:n_select].mean() - null[:n_select].mean()),
-                "effect": mean_ci(effect[n_select:], seed).to_dict(),
-                "control": mean_ci(null[n_select:], seed).to_dict(),
-                "difference": mean_ci(effect[n_select:] - null[n_select:], seed).to_dict(),
+                "select_effect": float(paired[:, :n_select].mean()),
+                "effect": crossed_mean_ci(effect[:, n_select:], seed).to_dict(),
+                "control": crossed_mean_ci(null[:, n_select:], seed).to_dict(),
+                "difference": crossed_mean_ci(paired[:, n_select:], seed).to_dict(),
                 "feel_kl": float(np.mean([r["kl"] for r in pick(steered)])),
                 "neutral_kl": neutral_kl,
             }
@@ -305,8 +322,10 @@ def render(page: Page, data: dict[str, Any]) -> None:
         f"{len(data['emotions'])} emotions steered at layers {[r['layer'] for r in data['per_layer']]} "
         f"with alpha in {data['alphas']} "
         "(units of mean residual norm, all prompt positions); effect = diagonal dominance of the "
-        "steered x measured log-prob change on held-out prompts, with a bootstrap 95% CI over prompts, beside "
-        f"seeded random directions of equal norm. Usable: neutral-text KL <= {data['kl_limit']} nats."
+        "steered x measured log-prob change on held-out prompts, beside "
+        f"{data['per_layer'][0]['control']['n']} seeded random directions of equal norm; bootstrap 95% CIs "
+        "resample the steered emotions (or random directions) and the prompts. "
+        f"Usable: neutral-text KL <= {data['kl_limit']} nats."
     )
     rows = data["per_layer"]
     layers = [r["layer"] for r in rows]
@@ -317,10 +336,10 @@ def render(page: Page, data: dict[str, Any]) -> None:
     axis.set_xlabel("layer")
     axis.set_ylabel("diagonal dominance (nats)")
     axis.legend(fontsize=8)
-    page.figure(figure, "Steering effect per layer at the alpha chosen on held-out prompts (95% CI over prompts)")
+    page.figure(figure, "Steering effect per layer, alpha chosen on the select prompts, shown on held-out ones")
     plt.close(figure)
     page.table(
-        ["layer", "alpha", "effect [95% CI]", "random control", "effect - control", "neutral KL", "KL > limit at"],
+        ["layer", "alpha", "effect [95% CI]", "random", "effect - control (paired)", "neutral KL", "KL > limit at"],
         [
             (
                 r["layer"],
@@ -371,13 +390,14 @@ def render(page: Page, data: dict[str, Any]) -> None:
 
 
 def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Index-page summary: the strongest layer's steering effect beside its control."""
-    best = max(data["per_layer"], key=lambda r: (r.get("usable", True), r["difference"]["value"]))
+    """Index-page summary: the steering effect at the layer chosen on the select prompts, beside its control."""
+    best = next(r for r in data["per_layer"] if r["layer"] == data["best_layer"])
     return [
         (
-            "feels: steering effect at its best layer (effect vs random control)",
+            "feels: steering effect at the layer chosen on select prompts (vs random control; paired difference)",
             f"layer {best['layer']}, alpha {best['alpha']:+g}: "
-            f"{estimate_text(best['effect'])} vs {estimate_text(best['control'])}",
+            f"{estimate_text(best['effect'])} vs {estimate_text(best['control'])}; "
+            f"{estimate_text(best['difference'])}",
             "steering shifts reported emotion (qualitative)",
         )
     ]
