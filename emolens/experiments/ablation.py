@@ -13,7 +13,8 @@ Two measurements per layer L, each beside a random control of equal rank:
    Bootstrap 95% intervals resample emotions (the stories of one emotion share its direction).
 2. **Feels change.** The same ablation during the feels prompts ("... and felt"):
    change of the ablated emotion's own word log-probability minus the mean change of the
-   other emotion words, per prompt (bootstrap over prompts), beside random directions.
+   other emotion words, beside a random direction for each emotion (bootstrap over
+   emotions and prompts at once).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from transformer_lens import HookedTransformer
 
 from emolens.concepts import norms
 from emolens.corpus import load_stories
-from emolens.experiments.feels import EMOTIONS, dominance, feel_prompts
+from emolens.experiments.feels import EMOTIONS, dominance_by_emotion, feel_prompts
 from emolens.experiments.runner import evenly_spaced, experiment_main
 from emolens.extract import batches, resid_hook
 from emolens.report.formact import estimate_errorbar
 from emolens.report.page import Page
-from emolens.stats import Estimate, bootstrap, estimate_text, mean_ci
+from emolens.stats import Estimate, bootstrap, crossed_mean_ci, estimate_text
 from emolens.steer import random_unit
 from emolens.sweep import sweep
 from emolens.vectors import EmotionVectors
@@ -193,8 +194,8 @@ def run(model: HookedTransformer, vecs: EmotionVectors, profile: str = "cpu", se
                 "control": _dict(estimates["emotion_random"]),
                 "valence": _dict(estimates["valence"]),
                 "valence_control": _dict(estimates["valence_random"]),
-                "feels": mean_ci(dominance(at(ablated), base, emotions), seed).to_dict(),
-                "feels_control": mean_ci(dominance(at(control), base, emotions), seed).to_dict(),
+                "feels": crossed_mean_ci(dominance_by_emotion(at(ablated), base, emotions), seed).to_dict(),
+                "feels_control": crossed_mean_ci(dominance_by_emotion(at(control), base, emotions), seed).to_dict(),
             }
         )
     matrix = {c: [[_ratio(drops[c].get(a, {}).get(r)) for r in vecs.layers] for a in layers] for c in CONDITIONS}

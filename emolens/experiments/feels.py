@@ -127,13 +127,6 @@ def dominance_by_emotion(
     return np.stack(per_emotion)
 
 
-def dominance(
-    rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]
-) -> Float[np.ndarray, " prompt"]:
-    """Per prompt, ``dominance_by_emotion`` averaged over the steered rows."""
-    return dominance_by_emotion(rows, base, emotions).mean(axis=0)
-
-
 def change_matrix(rows: list[dict[str, Any]], base: dict[str, np.ndarray], emotions: list[str]) -> list[list[float]]:
     by_emotion = {row["emotion"]: row for row in rows}
     return [
