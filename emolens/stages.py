@@ -78,7 +78,8 @@ def run_stages(
     held_out: list[Story] | None,
 ) -> tuple[list[Stage], SharedStoryPass]:
     """The validation stage and one stage per experiment module, in order, with their shared pass."""
-    shared = SharedStoryPass(model, vectors, profile, held_out or load_stories(split="validation"))
+    stories = held_out if held_out is not None else load_stories(split="validation")
+    shared = SharedStoryPass(model, vectors, profile, stories)
     stages = [Stage("validation", validation_module, shared.validation)]
     for name, module in modules:
         stages.append(Stage(name, module, experiment_call(module, model, vectors, profile, seed, shared)))

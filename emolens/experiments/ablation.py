@@ -258,11 +258,12 @@ def render(page: Page, data: dict[str, Any]) -> None:
 
 
 def headlines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Index-page summary at the deepest ablated layer: a fixed rule, so no layer is picked on these stories."""
     rows = [r for r in data["per_layer"] if r["effect"] is not None]
-    best = max(rows, key=lambda r: r["effect"]["value"] - r["control"]["value"])
+    best = rows[-1]
     return [
         (
-            "ablation: downstream drop of the own-emotion reading (best layer)",
+            "ablation: downstream drop of the own-emotion reading (deepest ablated layer)",
             f"layer {best['layer']}: {estimate_text(best['effect'])} vs random {estimate_text(best['control'])}",
             "not reported in the study",
         )
